@@ -1,0 +1,158 @@
+"""The command line: argument parsing only. Every user mistake becomes one line on stderr and
+exit status 2; anything else is a bug and keeps its traceback."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from . import __version__
+from .engine import StyleParams
+from .errors import NstBatchError
+
+EXIT_USAGE = 2
+
+# Flags whose spelling differs from the parameter they set (the issue's and neural-style's names).
+_PARAM_FLAG_ALIASES = {"style_blend_weights": ("--style-blend",)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(level="DEBUG" if getattr(args, "verbose", False) else "INFO")
+    try:
+        return args.handler(args) or 0
+    except NstBatchError as error:
+        print(f"nst-batch: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nst-batch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nst-batch", description="Neural style transfer, one image or a whole night of them.")
+    parser.add_argument("--version", action="version", version=f"nst-batch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="stylize one content image now, in the foreground")
+    run.add_argument("--content", required=True, type=Path, help="the content image")
+    run.add_argument("--style", required=True, type=Path, action="append", help="a style image (repeat to blend several)")
+    run.add_argument("--output", "-o", required=True, type=Path, help="the result (.png, .jpg or .webp)")
+    run.add_argument("--gif", type=Path, help="also write the optimization as an animated GIF")
+    run.add_argument("--no-log", action="store_true", help="do not write OUTPUT.losses.csv")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's, else auto)")
+    run.add_argument("--weights", help="imagenet | PATH.pth | random (tests only)")
+    run.add_argument("--weights-format", choices=("auto", "torchvision", "caffe"))
+    _add_config_options(run)
+    _add_param_options(run)
+    run.set_defaults(handler=_run)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground: watch the inbox, fill the outbox")
+    _add_config_options(serve)
+    serve.set_defaults(handler=_serve)
+
+    status = commands.add_parser("status", help="queued, running, done and failed jobs, from the job database")
+    _add_config_options(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+    validate = commands.add_parser("validate", help="check a config file or a sidecar; exit 0 if valid, 2 if not")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(handler=_validate)
+
+    fetch = commands.add_parser("fetch-weights", help="download ImageNet weights into torchvision's cache (TORCH_HOME)")
+    fetch.add_argument("backbones", nargs="*", default=["vgg19"], choices=("vgg19", "vgg16", "resnet18"), metavar="BACKBONE")
+    fetch.add_argument("--url", help="download from this mirror instead (the file is checked by loading it)")
+    fetch.set_defaults(handler=_fetch)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a config file (see config.example.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set defaults.iterations=100 or --set iterations=100",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+
+
+def _add_param_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per StyleParams field, in both spellings (--image-size and --image_size)."""
+    group = parser.add_argument_group("style parameters (default: the config's `defaults`, else built-in)")
+    for name, field in StyleParams.model_fields.items():
+        flags = (f"--{name.replace('_', '-')}", f"--{name}", *_PARAM_FLAG_ALIASES.get(name, ()))
+        flags = tuple(dict.fromkeys(flags))
+        if field.annotation is bool:
+            group.add_argument(*flags, dest=f"param_{name}", action="store_const", const=True, help=field.description)
+        else:
+            group.add_argument(*flags, dest=f"param_{name}", metavar=name.upper(), help=field.description)
+
+
+def _given_params(args: argparse.Namespace) -> dict[str, str | bool]:
+    return {key.removeprefix("param_"): value for key, value in vars(args).items() if key.startswith("param_") and value is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config, params_with_overrides
+    from .oneshot import OneShot, run_once
+
+    config = load_config(args.config, args.overrides)
+    job = OneShot(
+        content=args.content,
+        styles=tuple(args.style),
+        output=args.output,
+        params=params_with_overrides(config.defaults, _given_params(args), source="command line"),
+        device=args.device or config.device,
+        weights=args.weights or str(config.model.weights),
+        weights_format=args.weights_format or config.model.weights_format,
+        gif=args.gif,
+        loss_log=not args.no_log,
+        max_pixels=config.max_pixels,
+    )
+    run_once(job)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .logs import setup_logging
+    from .service import serve
+
+    config = load_config(args.config, args.overrides)
+    log = config.log
+    setup_logging("DEBUG" if args.verbose else log.level, log.json_file, log.rotation, log.retention)
+    return serve(config)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import status
+    from .config import load_config
+
+    report = status.gather(load_config(args.config, args.overrides))
+    print(status.as_json(report) if args.json else status.render(report))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .config import validate_file
+
+    print(validate_file(args.file))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from .engine import fetch_weights
+
+    for backbone in dict.fromkeys(args.backbones):
+        logger.info(f"fetching {backbone} ImageNet weights ...")
+        logger.info(f"saved {fetch_weights(backbone, url=args.url)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`nst-batch run`: one content image, one or more styles, one result, in the foreground."""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from .engine import Progress, Result, StyleParams, load_network, resolve_device, stylize
+from .errors import InputError
+from .imagefile import WRITE_SUFFIXES, read_image, write_image
+from .outbox import result_metadata, write_gif, write_loss_log
+
+
+@dataclass(frozen=True)
+class OneShot:
+    content: Path
+    styles: tuple[Path, ...]
+    output: Path
+    params: StyleParams
+    device: str = "auto"
+    weights: str = "imagenet"
+    weights_format: str = "auto"
+    gif: Path | None = None
+    loss_log: bool = True
+    max_pixels: int = 50_000_000
+
+    @property
+    def loss_log_path(self) -> Path:
+        return self.output.with_suffix(".losses.csv")
+
+
+def check_outputs(job: OneShot) -> None:
+    """Refuse an unwritable output before spending minutes on the optimization."""
+    if job.output.suffix.lower() not in WRITE_SUFFIXES:
+        raise InputError(f"--output {job.output}: unsupported format; end the name in {', '.join(WRITE_SUFFIXES)}")
+    if job.gif is not None and job.gif.suffix.lower() != ".gif":
+        raise InputError(f"--gif {job.gif}: the name must end in .gif")
+    for path in (job.output, job.gif):
+        if path is not None and not path.parent.is_dir():
+            raise InputError(f"{path.parent} does not exist: create it or choose another output folder")
+
+
+def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
+    check_outputs(job)
+    content = read_image(job.content, job.max_pixels)
+    styles = [read_image(path, job.max_pixels) for path in job.styles]
+    init = None if job.params.init in ("content", "noise") else read_image(Path(job.params.init), job.max_pixels)
+    params = job.params
+    if job.gif is not None and not params.frame_every:
+        params = params.with_overrides({"frame_every": max(1, params.iterations // 50)})
+
+    device = resolve_device(job.device)
+    network, weights = load_network(params.backbone, job.weights, job.weights_format)
+    if not weights.pretrained:
+        logger.warning("using RANDOM weights: the result is meaningless (weights: random is for tests only)")
+    logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
+
+    frames: list[torch.Tensor] = []
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    total = params.iterations * params.scales
+    with tqdm(total=total, disable=not show, unit="it", dynamic_ncols=True, file=sys.stderr) as bar:
+
+        def on_progress(progress: Progress) -> None:
+            if progress.frame is not None:
+                frames.append(progress.frame)
+            bar.n = progress.iteration
+            bar.set_postfix(loss=f"{progress.losses.total:.4g}", scale=f"{progress.scale + 1}/{progress.scales}")
+
+        result = stylize(network.to(device), content, styles, params, init_image=init, callback=on_progress)
+
+    extra = {"content": job.content.name, "styles": [p.name for p in job.styles]}
+    extra |= {"early_stop": result.early_stops[-1].describe()} if result.early_stops else {}
+    write_image(result.image, job.output, result_metadata(params, weights, result.seed, extra))
+    if job.loss_log:
+        write_loss_log(job.loss_log_path, result.history)
+    if job.gif is not None and frames:
+        write_gif(job.gif, [*frames, result.image])
+    for stop in result.early_stops:
+        logger.info(stop.describe())
+    final = result.history[-1]
+    logger.info(f"wrote {job.output} after {final.iteration} iterations in {final.elapsed_s:.1f} s (loss {final.total:.4g})")
+    return result

@@ -1,0 +1,130 @@
+"""What gets written for a result: the image with its settings embedded, the loss log and the
+progress GIF. Every file is written atomically, so nobody ever sees half of one."""
+
+import csv
+import io
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .atomicio import atomic_path, atomic_write, fsync_dir
+from .engine import LossRecord, StyleParams, WeightsInfo
+from .engine.images import resize_long_side
+
+LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "elapsed_s")
+
+
+def loss_log_text(history: Sequence[LossRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LOSS_COLUMNS)
+    for record in history:
+        writer.writerow(
+            [record.iteration, *(f"{getattr(record, c):.6g}" for c in LOSS_COLUMNS[1:-1]), f"{record.elapsed_s:.3f}"]
+        )
+    return out.getvalue()
+
+
+def write_loss_log(path: Path, history: Sequence[LossRecord]) -> None:
+    atomic_write(path, loss_log_text(history))
+
+
+def write_gif(path: Path, frames: Sequence[torch.Tensor], max_side: int = 512, frame_ms: int = 100) -> None:
+    """An animated GIF of the frames, all at the last frame's size (frames of coarse scales grow)."""
+    last = resize_long_side(frames[-1], min(max_side, max(frames[-1].shape[-2:])))
+    shape = tuple(last.shape[-2:])
+    pictures = [_pil(torch.nn.functional.interpolate(f, size=shape, mode="bilinear")) for f in frames]
+    with atomic_path(path) as temp:
+        pictures[0].save(
+            temp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0, optimize=True
+        )
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    array = (image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def result_metadata(params: StyleParams, weights: WeightsInfo, seed: int, extra: Mapping[str, Any] = {}) -> dict:
+    """What a result image carries about how it was made (PNG text chunks)."""
+    return {
+        "Software": f"nst-batch {__version__}",
+        "nst-batch:params": json.dumps({**params.explicit(), "seed": seed}, sort_keys=True),
+        "nst-batch:weights": weights.describe(),
+        **{f"nst-batch:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
+    }
+
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """The files of one result inside its job's staging folder."""
+
+    image: Path
+    losses: Path
+    gif: Path
+    summary: Path  # hidden: read back into job.json at publication
+
+
+def result_files(staging: Path, label: str, output_format: str) -> ResultFiles:
+    return ResultFiles(
+        image=staging / f"{label}.{output_format}",
+        losses=staging / f"{label}.losses.csv",
+        gif=staging / f"{label}.progress.gif",
+        summary=staging / f".{label}.run.json",
+    )
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "nst-batch": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def publish(staging: Path, outbox: Path, name: str, job_record: dict[str, Any], single_label: str | None) -> Path:
+    """Write job.json into the staging folder and rename it to ``outbox/NAME`` in one step.
+
+    Safe to repeat after a crash: a folder whose job.json has the same job id is ours already.
+    A job with one result gets the plain names ``losses.csv`` and ``progress.gif``.
+    """
+    target = outbox / name
+    if _published_by(target) == job_record["id"]:
+        return target
+    if single_label is not None:
+        for old, new in ((f"{single_label}.losses.csv", "losses.csv"), (f"{single_label}.progress.gif", "progress.gif")):
+            if (staging / old).exists():
+                os.replace(staging / old, staging / new)
+    results = []
+    for summary in sorted(staging.glob(".*.run.json")):
+        results.append(json.loads(summary.read_text()))
+        summary.unlink()
+    job_record = {**job_record, "results": _merge_results(job_record.get("results", []), results)}
+    atomic_write(staging / "job.json", json.dumps(job_record, indent=2, sort_keys=True, default=str) + "\n")
+    os.rename(staging, target)
+    fsync_dir(outbox)
+    return target
+
+
+def _merge_results(planned: list[dict], written: list[dict]) -> list[dict]:
+    by_label = {r["label"]: r for r in written}
+    return [{**p, **by_label.get(p["label"], {})} for p in planned]
+
+
+def _published_by(folder: Path) -> int | None:
+    try:
+        return json.loads((folder / "job.json").read_text()).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
