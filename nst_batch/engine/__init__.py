@@ -1,0 +1,16 @@
+"""The style-transfer engine: a library with no knowledge of files, queues or services.
+
+    network, info = load_network("vgg19", "imagenet")
+    result = stylize(network.to(device), content, [style], StyleParams(iterations=300), callback=...)
+"""
+
+from .devices import resolve_device
+from .features import FeatureExtractor, Network
+from .optimize import EarlyStop, LossRecord, Progress, Result, RunState, stylize
+from .params import StyleParams
+from .weights import WeightsInfo, fetch_weights, imagenet_file, load_network
+
+__all__ = [
+    "EarlyStop", "FeatureExtractor", "LossRecord", "Network", "Progress", "Result", "RunState", "StyleParams",
+    "WeightsInfo", "fetch_weights", "imagenet_file", "load_network", "resolve_device", "stylize",
+]

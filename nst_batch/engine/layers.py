@@ -1,0 +1,45 @@
+"""Layer names of each backbone, as plain data.
+
+VGG layers use the paper's names (conv1_1, relu1_1, pool1, ...), in the order of torchvision's
+``features`` modules, so ``VGG_LAYERS[name][i]`` names ``features[i]``. ResNet-18 is addressed
+by stage.
+"""
+
+from difflib import get_close_matches
+
+_VGG_PLANS = {
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+
+
+def _vgg_names(convs_per_block: tuple[int, ...]) -> tuple[str, ...]:
+    names: list[str] = []
+    for block, convs in enumerate(convs_per_block, start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return tuple(names)
+
+
+LAYERS: dict[str, tuple[str, ...]] = {
+    **{name: _vgg_names(plan) for name, plan in _VGG_PLANS.items()},
+    "resnet18": ("conv1", "pool1", "layer1", "layer2", "layer3", "layer4"),
+}
+
+BACKBONES = tuple(LAYERS)
+
+_VGG_DEFAULTS = (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
+DEFAULT_LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vgg19": _VGG_DEFAULTS,
+    "vgg16": _VGG_DEFAULTS,
+    "resnet18": (("layer2",), ("conv1", "layer1", "layer2", "layer3")),
+}
+
+
+def unknown_layer_message(backbone: str, name: str) -> str:
+    """Explain that ``name`` is not a layer of ``backbone``, with a suggestion when one is close."""
+    known = LAYERS[backbone]
+    close = get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown layer {name!r} for {backbone}{hint}; its layers are: {', '.join(known)}"

@@ -1,0 +1,133 @@
+"""StyleParams: every knob of one style transfer, validated once.
+
+The same model backs the CLI flags, the config's ``defaults:``, a sidecar's keys and the engine
+itself, so a new knob is added here and shows up everywhere, validated and documented.
+"""
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .layers import BACKBONES, DEFAULT_LAYERS, LAYERS, unknown_layer_message
+
+Backbone = Literal["vgg19", "vgg16", "resnet18"]
+assert set(BACKBONES) == set(Backbone.__args__)  # type: ignore[attr-defined]
+
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``"a,b c"`` (CLI, YAML scalars) as well as real lists."""
+    if isinstance(value, str):
+        return tuple(part for part in value.replace(",", " ").split() if part)
+    if isinstance(value, (int, float)):
+        return (value,)
+    return value
+
+
+class StyleParams(BaseModel):
+    """Parameters of one style transfer. Unset optional values take the documented default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    backbone: Backbone = Field("vgg19", description="feature network: vgg19 | vgg16 | resnet18")
+    pooling: Literal["max", "avg"] = Field("max", description="pooling layers: max | avg (smoother gradients)")
+    image_size: int = Field(512, ge=16, le=16384, description="long side of the output in pixels; aspect is kept")
+    style_scale: float = Field(1.0, gt=0, le=8, description="style images are resized to image_size x style_scale")
+    content_weight: float = Field(1.0, ge=0, description="weight of the content loss (alpha)")
+    style_weight: float = Field(1e6, ge=0, description="weight of the style loss (beta)")
+    tv_weight: float = Field(0.0, ge=0, description="weight of the total-variation (smoothness) loss")
+    content_layers: tuple[str, ...] | None = Field(
+        None, min_length=1, description="layers whose features the result must match; default relu4_2 (VGG)"
+    )
+    style_layers: tuple[str, ...] | None = Field(
+        None, min_length=1, description="layers whose Gram matrices the result must match; default relu1_1..relu5_1"
+    )
+    style_layer_weights: tuple[float, ...] | None = Field(
+        None, description="one weight per style layer, e.g. [1, 0.75, 0.2, 0.2, 0.2]; default all 1"
+    )
+    style_blend_weights: tuple[float, ...] | None = Field(
+        None, description="one weight per style image when blending several; normalized to sum 1; default equal"
+    )
+    optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="lbfgs | adam")
+    lr: float | None = Field(None, gt=0, description="step size; default 1.0 for lbfgs, 0.02 for adam")
+    lbfgs_history: int = Field(100, ge=1, le=1000, description="L-BFGS history size (memory grows with it)")
+    iterations: int = Field(300, ge=1, le=100_000, description="iterations at each scale")
+    early_stop_tol: float = Field(
+        1e-3, ge=0, lt=1, description="stop a scale when the loss improved less than this fraction over the window; 0 = off"
+    )
+    early_stop_window: int = Field(100, ge=1, description="iterations over which early_stop_tol is measured")
+    init: str = Field("content", min_length=1, description="content | noise | path of an image to start from")
+    scales: int = Field(1, ge=1, le=8, description="coarse-to-fine scales; each is half the size of the next")
+    preserve_colors: bool = Field(False, description="keep the content's colours (luminance-only transfer)")
+    seed: int | None = Field(None, ge=0, description="random seed; the same seed gives the same result")
+    frame_every: int = Field(0, ge=0, description="keep a progress frame every K iterations (0 = none)")
+
+    _split_lists = field_validator(
+        "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", mode="before"
+    )(_split_list)
+
+    @field_validator("style_layer_weights", "style_blend_weights")
+    @classmethod
+    def _non_negative(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError("weights must be >= 0 and not all zero")
+        return weights
+
+    @model_validator(mode="after")
+    def _layers_exist(self) -> "StyleParams":
+        for name in (*self.content_layer_names, *self.style_layer_names):
+            if name not in LAYERS[self.backbone]:
+                raise ValueError(unknown_layer_message(self.backbone, name))
+        if self.style_layer_weights is not None and len(self.style_layer_weights) != len(self.style_layer_names):
+            raise ValueError(
+                f"style_layer_weights has {len(self.style_layer_weights)} values but there are "
+                f"{len(self.style_layer_names)} style layers ({', '.join(self.style_layer_names)}): give one per layer"
+            )
+        return self
+
+    @property
+    def content_layer_names(self) -> tuple[str, ...]:
+        return self.content_layers or DEFAULT_LAYERS[self.backbone][0]
+
+    @property
+    def style_layer_names(self) -> tuple[str, ...]:
+        return self.style_layers or DEFAULT_LAYERS[self.backbone][1]
+
+    @property
+    def layer_weights(self) -> dict[str, float]:
+        weights = self.style_layer_weights or (1.0,) * len(self.style_layer_names)
+        return dict(zip(self.style_layer_names, weights))
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def scale_sizes(self) -> tuple[int, ...]:
+        """Long side at each scale, smallest first; the last is image_size."""
+        return tuple(max(16, round(self.image_size / 2**k)) for k in reversed(range(self.scales)))
+
+    def blend_weights(self, n_styles: int) -> tuple[float, ...]:
+        """Normalized blend weights for ``n_styles`` style images."""
+        weights = self.style_blend_weights or (1.0,) * n_styles
+        if len(weights) != n_styles:
+            raise ValueError(
+                f"style_blend_weights has {len(weights)} values for {n_styles} style images: give one per style"
+            )
+        total = sum(weights)
+        return tuple(w / total for w in weights)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "StyleParams":
+        """A copy with ``overrides`` applied and everything validated again."""
+        return StyleParams.model_validate({**self.model_dump(exclude_unset=True), **overrides})
+
+    def explicit(self) -> dict[str, Any]:
+        """Every parameter with defaults resolved: what a result records it was made with."""
+        return {
+            **self.model_dump(),
+            "content_layers": list(self.content_layer_names),
+            "style_layers": list(self.style_layer_names),
+            "lr": self.learning_rate,
+        }

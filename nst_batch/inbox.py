@@ -1,0 +1,238 @@
+"""What the files in the inbox mean: pure rules from names to submissions.
+
+No file system and no clock here: the caller lists the inbox (which files are complete, how
+long each has waited), reads the sidecars, and gets back the submissions that are ready to be
+claimed. Everything in the inbox ends as a submission, ready or refused with a reason: a file
+either works or is reported, never silently left behind.
+
+The rules (README, "What the inbox understands"):
+- a pair ``NAME.content.EXT`` + ``NAME.style.EXT``, with an optional ``NAME.yaml`` sidecar;
+- a folder ``NAME/`` with ``style*.EXT`` (several are blended) and one or more content images,
+  and an optional ``job.yaml``;
+- a sidecar alone, ``NAME.yaml``, whose ``content:`` and ``style:`` name files in the inbox or
+  in the style library.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+SIDECAR_SUFFIXES = (".yaml", ".yml")
+FOLDER_SIDECAR = "job.yaml"
+LIBRARY_PREFIX = "styles/"  # how a submission refers to the style library
+
+
+def is_ignored(name: str) -> bool:
+    """Files that are never ours: hidden, partial downloads, editor backups, temporaries."""
+    return name.startswith(".") or name.endswith((".part", ".tmp", "~", ".crdownload", ".swp"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file in the inbox, as the watcher sees it. ``path`` is relative, with ``/``."""
+
+    path: str
+    complete: bool
+    waited: float  # seconds since the file was first seen
+
+
+@dataclass(frozen=True)
+class SidecarRefs:
+    """What a sidecar names, as read by the caller: ``None`` lists mean the key is absent;
+    ``problem`` is set when the file could not be read at all."""
+
+    content: tuple[str, ...] | None = None
+    style: tuple[str, ...] | None = None
+    problem: str | None = None
+
+    @property
+    def standalone(self) -> bool:
+        return self.content is not None or self.style is not None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job as the inbox defines it. ``files`` are the inbox files it owns (claimed together);
+    ``contents``/``styles`` are inbox paths or ``styles/NAME`` library references."""
+
+    name: str
+    kind: str  # pair | folder | sidecar | refused
+    files: tuple[str, ...]
+    contents: tuple[str, ...] = ()
+    styles: tuple[str, ...] = ()
+    sidecar: str | None = None
+    problem: str | None = None  # set: claim it and fail it at once with this reason
+
+
+@dataclass
+class _Plan:
+    ready: list[Submission] = field(default_factory=list)
+    owned: set[str] = field(default_factory=set)
+
+    def add(self, submission: Submission) -> None:
+        self.ready.append(submission)
+        self.owned.update(submission.files)
+
+
+def plan(
+    entries: Iterable[Entry],
+    sidecars: Mapping[str, SidecarRefs],
+    library: Iterable[str],
+    pair_timeout: float,
+) -> list[Submission]:
+    """The submissions that can be claimed now, given the inbox's files.
+
+    ``sidecars`` holds what each complete sidecar names; ``library`` the style library's file names.
+    """
+    entries = {e.path: e for e in entries if not any(is_ignored(part) for part in e.path.split("/"))}
+    library = set(library)
+    result = _Plan()
+    top = {p: e for p, e in entries.items() if "/" not in p}
+    folders: dict[str, dict[str, Entry]] = defaultdict(dict)
+    for path, entry in entries.items():
+        folder, _, rest = path.partition("/")
+        if rest:
+            folders[folder][rest] = entry
+
+    for path in sorted(top):
+        refs = sidecars.get(path)
+        if refs is not None and refs.standalone and top[path].complete:
+            _standalone(path, refs, top, library, pair_timeout, result)
+    _pairs({p: e for p, e in top.items() if p not in result.owned}, sidecars, pair_timeout, result)
+    for name in sorted(folders):
+        _folder(name, folders[name], pair_timeout, result)
+    for path in sorted(set(top) - result.owned):
+        _leftover(top[path], pair_timeout, result)
+    return result.ready
+
+
+def _stem_and_role(path: str) -> tuple[str, str | None, str]:
+    """'cat.content.jpg' -> ('cat', 'content', '.jpg'); 'cat.yaml' -> ('cat', None, '.yaml')."""
+    pure = PurePosixPath(path)
+    suffix = pure.suffix.lower()
+    stem, _, role = pure.stem.rpartition(".")
+    if stem and role in ("content", "style"):
+        return stem, role, suffix
+    return pure.stem, None, suffix
+
+
+def _waited_too_long(entries: Iterable[Entry], pair_timeout: float) -> bool:
+    return any(e.waited >= pair_timeout for e in entries)
+
+
+def _standalone(
+    path: str, refs: SidecarRefs, top: Mapping[str, Entry], library: set[str], pair_timeout: float, result: _Plan
+) -> None:
+    name = _stem_and_role(path)[0]
+    contents, styles, problems = [], [], []
+    for role, names, out in (("content", refs.content, contents), ("style", refs.style, styles)):
+        if not names:
+            problems.append(f"{path} names no {role}: add `{role}: FILE` (a file in the inbox or the style library)")
+        for ref in names or ():
+            resolved = _resolve(ref, top, library, allow_library=True)
+            if resolved is None:
+                problems.append(f"{role} {ref!r} is not a file name in the inbox or the style library")
+            else:
+                out.append(resolved)
+    inbox_files = [c for c in (*contents, *styles) if not c.startswith(LIBRARY_PREFIX)]
+    missing = [f for f in inbox_files if f not in top]
+    files = (path, *dict.fromkeys(f for f in inbox_files if f in top))
+    if not problems and missing:
+        if not _waited_too_long([top[path]], pair_timeout):
+            return  # the files it names may still be on their way
+        problems.append(f"{', '.join(missing)} never arrived in the inbox (waited {pair_timeout:g} s)")
+    if not problems and not all(top[f].complete for f in files):
+        return
+    result.add(
+        Submission(name, "sidecar", files, tuple(contents), tuple(styles), path, "; ".join(problems) or None)
+    )
+
+
+def _resolve(ref: str, top: Mapping[str, Entry], library: set[str], allow_library: bool) -> str | None:
+    """A sidecar's file name, as an inbox path or a library reference; None if it is not one.
+
+    Only bare file names are accepted, so no sidecar can point outside the inbox or the library.
+    """
+    if not ref or "/" in ref or "\\" in ref or ref in (".", "..") or "\0" in ref or is_ignored(ref):
+        return None
+    if ref in top or (ref not in library and PurePosixPath(ref).suffix.lower() in IMAGE_SUFFIXES):
+        return ref  # in the inbox, or expected there
+    if allow_library and ref in library:
+        return LIBRARY_PREFIX + ref
+    return None
+
+
+def _pairs(top: Mapping[str, Entry], sidecars: Mapping[str, SidecarRefs], pair_timeout: float, result: _Plan) -> None:
+    groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in top:
+        stem, role, suffix = _stem_and_role(path)
+        if role and suffix in IMAGE_SUFFIXES:
+            groups[stem][role].append(path)
+        elif role is None and suffix in SIDECAR_SUFFIXES and not (sidecars.get(path) or SidecarRefs()).standalone:
+            groups[stem]["sidecar"].append(path)
+    for stem, roles in sorted(groups.items()):
+        if not (roles["content"] or roles["style"]):
+            continue  # a sidecar alone that names nothing: reported as a leftover
+        files = tuple(sorted(f for group in roles.values() for f in group))
+        entries = [top[f] for f in files]
+        problem = None
+        for role in ("content", "style"):
+            if len(roles[role]) > 1:
+                problem = f"{stem} has {len(roles[role])} {role} images ({', '.join(roles[role])}): keep one"
+        if not problem and not (roles["content"] and roles["style"]):
+            if not _waited_too_long(entries, pair_timeout):
+                continue
+            have, want = ("content", "style") if roles["content"] else ("style", "content")
+            problem = (
+                f"{roles[have][0]} waited {pair_timeout:g} s for its partner {stem}.{want}.EXT, which never arrived"
+            )
+        if not problem and not all(e.complete for e in entries):
+            continue
+        sidecar = roles["sidecar"][0] if roles["sidecar"] else None
+        result.add(
+            Submission(stem, "pair", files, tuple(roles["content"]), tuple(roles["style"]), sidecar, problem)
+        )
+
+
+def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: _Plan) -> None:
+    images = sorted(f for f in files if "/" not in f and PurePosixPath(f).suffix.lower() in IMAGE_SUFFIXES)
+    styles = [f for f in images if PurePosixPath(f).stem.lower().startswith("style")]
+    contents = [f for f in images if f not in styles]
+    owned = tuple(f"{name}/{f}" for f in sorted(files))
+    problem = None
+    if not styles or not contents:
+        if not _waited_too_long(files.values(), pair_timeout):
+            return
+        missing = "a style image (style.jpg, or style1.jpg, style2.jpg ... to blend)" if not styles else "a content image"
+        problem = f"folder {name}/ has no {missing} after {pair_timeout:g} s"
+    elif not all(e.complete for e in files.values()):
+        return
+    sidecar = f"{name}/{FOLDER_SIDECAR}" if FOLDER_SIDECAR in files else None
+    result.add(
+        Submission(
+            name, "folder", owned, tuple(f"{name}/{c}" for c in contents), tuple(f"{name}/{s}" for s in styles),
+            sidecar, problem,
+        )
+    )
+
+
+def _leftover(entry: Entry, pair_timeout: float, result: _Plan) -> None:
+    """A top-level file that belongs to no submission: explain it once it has waited long enough."""
+    suffix = PurePosixPath(entry.path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in SIDECAR_SUFFIXES:
+        if not _waited_too_long([entry], pair_timeout):
+            return
+        reason = (
+            f"{entry.path} belongs to no job after {pair_timeout:g} s: name images NAME.content.EXT and "
+            f"NAME.style.EXT, put them in a folder with style.EXT, or name them in a sidecar's content:/style:"
+        )
+    elif entry.complete:
+        reason = (
+            f"{entry.path} is not a file nst-batch reads: images must be {', '.join(IMAGE_SUFFIXES)}; "
+            f"sidecars .yaml"
+        )
+    else:
+        return
+    result.add(Submission(_stem_and_role(entry.path)[0], "refused", (entry.path,), problem=reason))

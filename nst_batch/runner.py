@@ -1,0 +1,147 @@
+"""One run through the engine: read its inputs, resume from its checkpoint, report progress,
+checkpoint every N iterations, stop when asked, and leave its files in the job's staging folder.
+The network of each backbone is loaded once and kept."""
+
+import io
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from .atomicio import atomic_write
+from .claims import Folders
+from .config import Config
+from .engine import Network, Progress, RunState, StyleParams, WeightsInfo, load_network, resolve_device, stylize
+from .errors import NstBatchError
+from .imagefile import read_image, write_image
+from .outbox import result_files, result_metadata, write_gif, write_loss_log
+from .store import JobRecord, RunRecord, Store
+
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # done | stopped | failed | retry
+    error: str | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        config: Config,
+        folders: Folders,
+        store: Store,
+        input_path: Callable[[int, str], Path],
+        heartbeat: Callable[[], None] = lambda: None,
+    ):
+        self.config, self.folders, self.store = config, folders, store
+        self.input_path = input_path
+        self.heartbeat = heartbeat
+        self.device = resolve_device(config.device)
+        self._networks: dict[str, tuple[Network, WeightsInfo]] = {}
+
+    def network(self, backbone: str) -> tuple[Network, WeightsInfo]:
+        if backbone not in self._networks:
+            network, info = load_network(backbone, str(self.config.model.weights), self.config.model.weights_format)
+            if not info.pretrained:
+                logger.warning("model weights are RANDOM: results are meaningless (weights: random is for tests only)")
+            self._networks[backbone] = (network.to(self.device), info)
+        return self._networks[backbone]
+
+    def run(self, job: JobRecord, run: RunRecord, stop: threading.Event) -> Outcome:
+        log = logger.bind(job=job.label)
+        params = StyleParams.model_validate(run.params)
+        checkpoint = self.folders.checkpoint(run.id)
+        try:
+            content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
+            styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
+            init = None
+            if params.init not in ("content", "noise"):
+                init = read_image(self.input_path(job.id, params.init), self.config.max_pixels)
+            network, weights = self.network(params.backbone)
+            resume = _load_checkpoint(checkpoint)
+            if resume is not None:
+                log.info(f"{run.label}: resuming from iteration {resume.iteration}")
+            else:
+                log.info(f"{run.label}: starting ({params.iterations * params.scales} iterations on {self.device})")
+            frames: list[torch.Tensor] = []
+            on_progress = self._progress(run, stop, checkpoint, frames)
+            result = stylize(network, content, styles, params, init_image=init, callback=on_progress, resume=resume)
+        except NstBatchError as error:  # the input or the parameters: retrying cannot help
+            return Outcome("failed", str(error))
+        except Exception as error:
+            log.exception(f"{run.label}: unexpected error")
+            return Outcome("retry", f"{type(error).__name__}: {error}")
+        if result.interrupted:
+            _save_checkpoint(checkpoint, result.state)
+            log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint saved")
+            return Outcome("stopped")
+        self._write(job, run, params, weights, result, frames)
+        checkpoint.unlink(missing_ok=True)
+        final = result.history[-1]
+        log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
+        return Outcome("done")
+
+    def _progress(self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list) -> Callable:
+        last_report = 0.0
+
+        def on_progress(progress: Progress) -> bool:
+            nonlocal last_report
+            if progress.frame is not None:
+                frames.append(progress.frame)
+            if progress.iteration % self.config.checkpoint_every == 0:
+                _save_checkpoint(checkpoint, progress.snapshot())
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                self.store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
+                self.heartbeat()
+            return stop.is_set()
+
+        return on_progress
+
+    def _write(self, job, run, params, weights, result, frames) -> None:
+        files = result_files(self.folders.staging_dir(job.id), run.label, self.config.output_format)
+        files.image.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"job": job.label, "content": run.content, "styles": list(run.styles), "varying": run.varying}
+        write_image(result.image, files.image, result_metadata(params, weights, result.seed, extra))
+        write_loss_log(files.losses, result.history)
+        if frames:
+            write_gif(files.gif, [*frames, result.image])
+        summary = {
+            "label": run.label,
+            "seed": result.seed,
+            "iterations": result.history[-1].iteration,
+            "seconds": round(result.history[-1].elapsed_s, 3),
+            "final_losses": vars(result.history[-1]),
+            "scale_starts": result.scale_starts,
+            "early_stop": [s.describe() for s in result.early_stops] or None,
+        }
+        atomic_write(files.summary, _json(summary))
+
+
+def _json(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _save_checkpoint(path: Path, state: RunState) -> None:
+    buffer = io.BytesIO()
+    torch.save(state.to_dict(), buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path) -> RunState | None:
+    if not path.exists():
+        return None
+    try:
+        return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:  # a damaged checkpoint costs the progress, not the job
+        logger.warning(f"checkpoint {path.name} unreadable ({error}); starting the run again")
+        path.unlink(missing_ok=True)
+        return None

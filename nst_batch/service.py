@@ -1,0 +1,205 @@
+"""`nst-batch serve`: the main loop. An intake thread turns inbox files into queued runs; the
+main thread runs them one at a time, finishes each job (outbox, archive or failed/) and talks
+to systemd. SIGTERM or SIGINT: no new run starts, the running one checkpoints, exit 0."""
+
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+from loguru import logger
+
+from .claims import Folders, dispose_failure, dispose_success
+from .config import Config
+from .engine import StyleParams
+from .intake import Intake
+from .outbox import publish, versions
+from .runner import Runner
+from .scheduler import next_run
+from .store import ACTIVE, JobRecord, RunRecord, Store
+from .systemd import notify
+from .watcher import InboxWatcher
+
+BUSY_POLL_S = 0.5
+
+
+class Service:
+    def __init__(self, config: Config):
+        self.config = config
+        self.folders = Folders(config)
+        self.folders.create()
+        self.stop = threading.Event()
+        self.work = threading.Event()  # set by the intake when it queued something
+        self.store = Store(self.folders.state)
+        self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
+        self._intake_thread: threading.Thread | None = None
+        self._last_ping = 0.0
+
+    def serve(self) -> int:
+        self._handle_signals()
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            logger.info(f"{requeued} interrupted run(s) queued again; they resume from their checkpoints")
+        intake = Intake(self.config, self.folders, self.store, self.watcher)
+        self.runner = Runner(self.config, self.folders, self.store, intake.input_path, self._heartbeat)
+        self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
+        for job in self.store.jobs(*ACTIVE):
+            self._finish_if_complete(job.id)
+        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        self._intake_thread.start()
+        notify("READY=1", "STATUS=watching the inbox")
+        logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
+        while not self.stop.is_set():
+            run = next_run(self.store.queued_runs())
+            if run is None:
+                self._idle()
+                continue
+            self._execute(run)
+        notify("STOPPING=1")
+        logger.info("stopping: no new run starts")
+        self._intake_thread.join(timeout=10)
+        self.watcher.stop()
+        self.store.close()
+        return 0
+
+    def _handle_signals(self) -> None:
+        def request_stop(signum, frame) -> None:
+            logger.info(f"{signal.Signals(signum).name} received: checkpointing and stopping")
+            self.stop.set()
+            self.work.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    # --- intake thread ---------------------------------------------------------------------
+
+    def _intake_loop(self) -> None:
+        store = Store(self.folders.state)  # a connection of its own: SQLite objects stay in their thread
+        intake = Intake(self.config, self.folders, store, self.watcher)
+        self.watcher.start()
+        try:
+            intake.recover()
+            while not self.stop.is_set():
+                try:
+                    self.watcher.ensure_alive()
+                    if intake.tick():
+                        self.work.set()
+                except Exception:  # nothing the inbox holds may stop the intake
+                    logger.exception("intake failed; retrying at the next scan")
+                waiting = any(self.config.inbox.iterdir())
+                self.watcher.wake.wait(BUSY_POLL_S if waiting else self.config.rescan_seconds)
+                self.watcher.wake.clear()
+        finally:
+            store.close()
+
+    # --- main thread -----------------------------------------------------------------------
+
+    def _idle(self) -> None:
+        counts = self.store.counts()
+        notify(f"STATUS=idle; {counts.get('queued', 0)} queued, {counts.get('done', 0)} done, {counts.get('failed', 0)} failed")
+        self._heartbeat()
+        self.work.wait(1.0)
+        self.work.clear()
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_ping >= 1.0:
+            self._last_ping = now
+            notify("WATCHDOG=1")
+
+    def _execute(self, run: RunRecord) -> None:
+        job = self.store.job(run.job_id)
+        log = logger.bind(job=job.label)
+        if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
+            self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
+            self._finish_if_complete(job.id)
+            return
+        queued = len(self.store.queued_runs())
+        notify(f"STATUS=running {job.name} ({run.label}); {queued - 1} more queued")
+        self.store.start_run(run)
+        sink = self._job_log(job)
+        started = time.monotonic()
+        try:
+            outcome = self.runner.run(job, run, self.stop)
+        finally:
+            logger.remove(sink)
+        if outcome.status == "done":
+            self.store.finish_run(run.id, time.monotonic() - started, None)
+        elif outcome.status == "stopped":
+            self.store.requeue_run(run.id)
+        else:
+            retry = outcome.status == "retry" and run.attempts + 1 < self.config.max_attempts
+            self.store.fail_run(run.id, outcome.error, retry=retry)
+            log.warning(f"{run.label}: {outcome.error}" + (" (will retry)" if retry else ""))
+        self._finish_if_complete(job.id)
+
+    def _job_log(self, job: JobRecord) -> int:
+        staging = self.folders.staging_dir(job.id)
+        staging.mkdir(parents=True, exist_ok=True)
+        return logger.add(
+            staging / "log.txt",
+            level="INFO",
+            format="{time:YYYY-MM-DD HH:mm:ss} {level: <7} {message}",
+            filter=lambda record: record["extra"].get("job") == job.label,
+            backtrace=False,
+            diagnose=False,
+        )
+
+    def _finish_if_complete(self, job_id: int) -> None:
+        """Publish a job whose runs have all ended; move its inputs to the archive or failed/."""
+        job = self.store.job(job_id)
+        runs = self.store.runs(job_id)
+        if job.status not in ACTIVE or any(r.status in ACTIVE for r in runs):
+            return
+        log = logger.bind(job=job.label)
+        failed = [r for r in runs if r.status == "failed"]
+        staging = self.folders.staging_dir(job_id)
+        if len(failed) < len(runs):
+            single = runs[0].label if len(runs) == 1 else None
+            folder = publish(staging, self.folders.outbox, job.outbox_name, self._job_json(job, runs), single)
+            log.info(f"{job.name}: results in {folder}")
+        shutil.rmtree(staging, ignore_errors=True)
+        for run in runs:
+            self.folders.checkpoint(run.id).unlink(missing_ok=True)
+        if failed:
+            reason = "\n".join(f"{r.label}: {r.error}" for r in failed)
+            where = dispose_failure(self.folders, job_id, job.name, reason)
+            self.store.set_job_status(job_id, "failed", reason)
+            log.error(f"{job.name} failed ({len(failed)} of {len(runs)} results); inputs and error.txt in {where}")
+        else:
+            dispose_success(self.folders, job_id, job.name, self.config.on_success)
+            self.store.set_job_status(job_id, "done")
+
+    def _job_json(self, job: JobRecord, runs: list[RunRecord]) -> dict:
+        network, weights = self.runner.network(self.config.defaults.backbone)
+        return {
+            "id": job.id,
+            "name": job.name,
+            "kind": job.kind,
+            "status": "failed" if any(r.status == "failed" for r in runs) else "done",
+            "inputs": {"files": list(job.files), "sha256": job.hashes, "sidecar": job.sidecar},
+            "created": job.created,
+            "finished": time.time(),
+            "device": str(self.runner.device),
+            "weights": weights.describe(),
+            "pretrained_weights": weights.pretrained,
+            "versions": versions(),
+            "results": [
+                {
+                    "label": r.label,
+                    "status": r.status,
+                    "error": r.error,
+                    "content": r.content,
+                    "styles": list(r.styles),
+                    "varying": r.varying,
+                    "attempts": r.attempts,
+                    "params": StyleParams.model_validate(r.params).explicit(),
+                }
+                for r in runs
+            ],
+        }
+
+
+def serve(config: Config) -> int:
+    return Service(config).serve()

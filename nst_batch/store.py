@@ -1,0 +1,269 @@
+"""The durable record of every job: SQLite (WAL) in ``state_dir/jobs.sqlite3``.
+
+A job is what a person dropped (a pair, a folder, a sidecar); it has one run per result
+(each content x style x sweep combination). Statuses: claiming -> queued -> running ->
+done | failed, for jobs and runs alike (runs skip claiming). Each thread opens its own Store.
+"""
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    files TEXT NOT NULL,            -- JSON: inbox-relative paths it owns
+    hashes TEXT NOT NULL DEFAULT '{}',  -- JSON: path -> sha256
+    sidecar TEXT,
+    spec TEXT NOT NULL DEFAULT '{}',    -- JSON: the inbox's submission (contents, styles, problem)
+    outbox_name TEXT,
+    error TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    idx INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL,
+    content TEXT NOT NULL,
+    styles TEXT NOT NULL,           -- JSON list
+    params TEXT NOT NULL,           -- JSON: StyleParams fields that were set
+    varying TEXT NOT NULL DEFAULT '{}',  -- JSON: the sweep values of this run
+    attempts INTEGER NOT NULL DEFAULT 0,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    total_iterations INTEGER NOT NULL DEFAULT 0,
+    loss REAL,
+    started REAL,
+    finished REAL,
+    seconds REAL,
+    peak_bytes INTEGER,
+    error TEXT,
+    UNIQUE (job_id, idx)
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+"""
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    name: str
+    kind: str
+    status: str
+    priority: int
+    files: tuple[str, ...]
+    hashes: dict[str, str]
+    sidecar: str | None
+    spec: dict[str, Any]
+    outbox_name: str | None
+    error: str | None
+    created: float
+    updated: float
+
+    @property
+    def label(self) -> str:
+        return f"job-{self.id}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    job_id: int
+    idx: int
+    label: str
+    status: str
+    content: str
+    styles: tuple[str, ...]
+    params: dict[str, Any]
+    varying: dict[str, Any]
+    attempts: int
+    iteration: int
+    total_iterations: int
+    loss: float | None
+    started: float | None
+    finished: float | None
+    seconds: float | None
+    peak_bytes: int | None
+    error: str | None
+    priority: int = 0  # the job's, for the scheduler
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to create: one result of a job."""
+
+    label: str
+    content: str
+    styles: tuple[str, ...]
+    params: dict[str, Any]
+    varying: dict[str, Any]
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    data = dict(row)
+    data["files"] = tuple(json.loads(data["files"]))
+    data["hashes"] = json.loads(data["hashes"])
+    data["spec"] = json.loads(data["spec"])
+    return JobRecord(**data)
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    data = dict(row)
+    data["styles"] = tuple(json.loads(data["styles"]))
+    data["params"] = json.loads(data["params"])
+    data["varying"] = json.loads(data["varying"])
+    return RunRecord(**data)
+
+
+class Store:
+    def __init__(self, state_dir: Path):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "jobs.sqlite3"
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- claiming -------------------------------------------------------------------------
+
+    def begin_claim(self, name: str, kind: str, files: Iterable[str], sidecar: str | None, spec: dict) -> int:
+        now = time.time()
+        cursor = self.db.execute(
+            "INSERT INTO jobs (name, kind, status, files, sidecar, spec, created, updated) "
+            "VALUES (?, ?, 'claiming', ?, ?, ?, ?, ?)",
+            (name, kind, json.dumps(list(files)), sidecar, json.dumps(spec), now, now),
+        )
+        return int(cursor.lastrowid)
+
+    def queue(self, job_id: int, runs: list[RunSpec], priority: int, outbox_name: str, hashes: dict[str, str]) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT INTO runs (job_id, idx, label, status, content, styles, params, varying) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                [
+                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params), json.dumps(r.varying))
+                    for i, r in enumerate(runs)
+                ],
+            )
+            db.execute(
+                "UPDATE jobs SET status='queued', priority=?, outbox_name=?, hashes=?, updated=? WHERE id=?",
+                (priority, outbox_name, json.dumps(hashes), time.time(), job_id),
+            )
+
+    def set_job_status(self, job_id: int, status: str, error: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status=?, error=COALESCE(?, error), updated=? WHERE id=?",
+            (status, error, time.time(), job_id),
+        )
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def requeue_interrupted(self) -> int:
+        """After a crash or stop: what was running is queued again (its checkpoint survives)."""
+        with self._transaction() as db:
+            count = db.execute("UPDATE runs SET status='queued' WHERE status='running'").rowcount
+            db.execute("UPDATE jobs SET status='queued' WHERE status='running'")
+        return count
+
+    def jobs(self, *statuses: str) -> list[JobRecord]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY id", statuses)
+        return [_job(r) for r in rows]
+
+    def job(self, job_id: int) -> JobRecord:
+        return _job(self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def runs(self, job_id: int) -> list[RunRecord]:
+        rows = self.db.execute("SELECT * FROM runs WHERE job_id=? ORDER BY idx", (job_id,))
+        return [_run(r) for r in rows]
+
+    def queued_runs(self) -> list[RunRecord]:
+        """Runs waiting, with their job's priority, in arrival order."""
+        rows = self.db.execute(
+            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id "
+            "WHERE runs.status='queued' AND jobs.status IN ('queued', 'running') ORDER BY runs.job_id, runs.idx"
+        )
+        return [_run(r) for r in rows]
+
+    def start_run(self, run: RunRecord) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET status='running', attempts=attempts+1, started=COALESCE(started, ?) WHERE id=?",
+                (now, run.id),
+            )
+            db.execute("UPDATE jobs SET status='running', updated=? WHERE id=?", (now, run.job_id))
+
+    def progress(self, run_id: int, iteration: int, total_iterations: int, loss: float) -> None:
+        self.db.execute(
+            "UPDATE runs SET iteration=?, total_iterations=?, loss=? WHERE id=?", (iteration, total_iterations, loss, run_id)
+        )
+
+    def finish_run(self, run_id: int, seconds: float, peak_bytes: int | None) -> None:
+        self.db.execute(
+            "UPDATE runs SET status='done', finished=?, seconds=?, peak_bytes=?, error=NULL WHERE id=?",
+            (time.time(), seconds, peak_bytes, run_id),
+        )
+
+    def fail_run(self, run_id: int, error: str, retry: bool) -> None:
+        self.db.execute(
+            "UPDATE runs SET status=?, error=?, finished=? WHERE id=?",
+            ("queued" if retry else "failed", error, None if retry else time.time(), run_id),
+        )
+
+    def requeue_run(self, run_id: int) -> None:
+        """Back to the queue without counting an attempt (the daemon is stopping)."""
+        self.db.execute("UPDATE runs SET status='queued', attempts=MAX(attempts-1, 0) WHERE id=?", (run_id,))
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+    def run_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+    def running_runs(self) -> list[RunRecord]:
+        rows = self.db.execute(
+            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id=runs.job_id WHERE runs.status='running'"
+        )
+        return [_run(r) for r in rows]
+
+    def recent_failures(self, limit: int = 5) -> list[JobRecord]:
+        rows = self.db.execute("SELECT * FROM jobs WHERE status='failed' ORDER BY updated DESC LIMIT ?", (limit,))
+        return [_job(r) for r in rows]
+
+    def all_jobs(self) -> list[JobRecord]:
+        return [_job(r) for r in self.db.execute("SELECT * FROM jobs ORDER BY id")]

@@ -1,0 +1,133 @@
+"""When inbox files are ready: watchdog events make the daemon look promptly, a scan of the
+folder decides. A file is complete once it was closed after writing or moved in (an event
+newer than its last change), or once its size and mtime stayed the same for
+``settle_seconds``. Events can be lost (overflow, network filesystems, the daemon was down):
+the scan at start-up and the periodic rescans find those files all the same.
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from .inbox import Entry, is_ignored
+
+
+@dataclass
+class _Seen:
+    first_seen: float
+    signature: tuple[int, int]  # size, mtime_ns
+    changed: float  # monotonic time the signature last changed
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on watchdog's thread: records completion events and wakes the intake, never raises."""
+
+    def __init__(self, watcher: "InboxWatcher"):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            if isinstance(event, (FileClosedEvent, FileMovedEvent)):
+                path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+                self.watcher.mark_finished(os.fsdecode(path))
+            self.watcher.wake.set()
+        except Exception:  # an exception here would kill the observer thread
+            logger.exception("inbox event handler failed; the next scan will catch up")
+
+
+class InboxWatcher:
+    def __init__(self, inbox: Path, settle_seconds: float, observer: str = "native"):
+        self.inbox = inbox
+        self.settle_seconds = settle_seconds
+        self.kind = observer
+        self.wake = threading.Event()
+        self._finished: dict[str, float] = {}  # relative path -> wall time of its close/move event
+        self._seen: dict[str, _Seen] = {}
+        self._lock = threading.Lock()
+        self._observer = None
+
+    # --- the observer, supervised -------------------------------------------------------
+
+    def start(self) -> None:
+        self._observer = PollingObserver(timeout=1) if self.kind == "polling" else Observer()
+        self._observer.schedule(_Handler(self), str(self.inbox), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def ensure_alive(self) -> None:
+        """Restart the observer if its thread died (the scans kept working meanwhile)."""
+        if self._observer is not None and not self._observer.is_alive():
+            logger.warning("the inbox observer stopped; restarting it")
+            self._stop_observer()
+            self.start()
+
+    def stop(self) -> None:
+        self._stop_observer()
+        self._observer = None
+
+    def _stop_observer(self) -> None:
+        try:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        except Exception:  # a dead observer may fail to stop; it is replaced either way
+            logger.debug("observer did not stop cleanly")
+
+    def mark_finished(self, absolute: str) -> None:
+        try:
+            relative = Path(absolute).relative_to(self.inbox).as_posix()
+        except ValueError:
+            return
+        with self._lock:
+            self._finished[relative] = time.time()
+
+    # --- the scan ------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Entry]:
+        """Every file in the inbox (top level and one folder down), with whether it is complete."""
+        now = time.monotonic()
+        found = dict(self._scan())
+        with self._lock:
+            finished = dict(self._finished)
+            self._finished = {p: t for p, t in finished.items() if p in found}
+        entries = []
+        for path, (signature, mtime) in found.items():
+            seen = self._seen.get(path)
+            if seen is None:
+                seen = self._seen[path] = _Seen(now, signature, now)
+            elif seen.signature != signature:
+                seen.signature, seen.changed = signature, now
+            closed_after_writing = path in finished and mtime <= finished[path]
+            settled = now - seen.changed >= self.settle_seconds
+            entries.append(Entry(path, closed_after_writing or settled, now - seen.first_seen))
+        self._seen = {p: s for p, s in self._seen.items() if p in found}
+        return entries
+
+    def _scan(self):
+        yield from self._scan_folder(self.inbox, "", depth=1)
+
+    def _scan_folder(self, folder: Path, prefix: str, depth: int):
+        try:
+            with os.scandir(folder) as listing:
+                items = list(listing)
+        except OSError as error:
+            logger.warning(f"cannot list {folder}: {error}")
+            return
+        for item in items:
+            if is_ignored(item.name):
+                continue
+            try:
+                if item.is_dir(follow_symlinks=False):
+                    if depth > 0:
+                        yield from self._scan_folder(Path(item.path), f"{prefix}{item.name}/", depth - 1)
+                    continue
+                stat = item.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished between listing and stat
+            yield f"{prefix}{item.name}", ((stat.st_size, stat.st_mtime_ns), stat.st_mtime)
