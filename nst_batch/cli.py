@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     fetch = commands.add_parser("fetch-weights", help="download ImageNet weights into torchvision's cache (TORCH_HOME)")
-    fetch.add_argument("backbones", nargs="*", default=["vgg19"], choices=("vgg19", "vgg16", "resnet18"), metavar="BACKBONE")
+    # no argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and fails
+    fetch.add_argument("backbones", nargs="*", metavar="BACKBONE", help="vgg19 (default), vgg16, resnet18")
     fetch.add_argument("--url", help="download from this mirror instead (the file is checked by loading it)")
     fetch.set_defaults(handler=_fetch)
     return parser
@@ -147,8 +148,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     from .engine import fetch_weights
+    from .engine.layers import BACKBONES
 
-    for backbone in dict.fromkeys(args.backbones):
+    for backbone in dict.fromkeys(args.backbones or ["vgg19"]):
+        if backbone not in BACKBONES:
+            raise NstBatchError(f"unknown backbone {backbone!r}: choose from {', '.join(BACKBONES)}")
         logger.info(f"fetching {backbone} ImageNet weights ...")
         logger.info(f"saved {fetch_weights(backbone, url=args.url)}")
     return 0

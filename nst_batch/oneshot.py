@@ -45,6 +45,7 @@ def check_outputs(job: OneShot) -> None:
 
 def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     check_outputs(job)
+    job.params.blend_weights(len(job.styles))
     content = read_image(job.content, job.max_pixels)
     styles = [read_image(path, job.max_pixels) for path in job.styles]
     init = None if job.params.init in ("content", "noise") else read_image(Path(job.params.init), job.max_pixels)

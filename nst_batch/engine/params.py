@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..errors import InputError
 from .layers import BACKBONES, DEFAULT_LAYERS, LAYERS, unknown_layer_message
 
 Backbone = Literal["vgg19", "vgg16", "resnet18"]
@@ -113,7 +114,7 @@ class StyleParams(BaseModel):
         """Normalized blend weights for ``n_styles`` style images."""
         weights = self.style_blend_weights or (1.0,) * n_styles
         if len(weights) != n_styles:
-            raise ValueError(
+            raise InputError(
                 f"style_blend_weights has {len(weights)} values for {n_styles} style images: give one per style"
             )
         total = sum(weights)
