@@ -96,6 +96,8 @@ class Intake:
             )
             for content, group, (varying, params) in itertools.product(contents, style_groups, combinations)
         ]
+        for group, (_, params) in itertools.product(style_groups, combinations):
+            params.blend_weights(len(group))
         _deduplicate_labels(runs)
         return runs, sidecar.priority if sidecar else 0, (sidecar.name if sidecar and sidecar.name else job.name)
 
