@@ -7,7 +7,7 @@ itself, so a new knob is added here and shows up everywhere, validated and docum
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..errors import InputError
 from .layers import BACKBONES, DEFAULT_LAYERS, LAYERS, unknown_layer_message
@@ -76,17 +76,28 @@ class StyleParams(BaseModel):
             raise ValueError("weights must be >= 0 and not all zero")
         return weights
 
-    @model_validator(mode="after")
-    def _layers_exist(self) -> "StyleParams":
-        for name in (*self.content_layer_names, *self.style_layer_names):
-            if name not in LAYERS[self.backbone]:
-                raise ValueError(unknown_layer_message(self.backbone, name))
-        if self.style_layer_weights is not None and len(self.style_layer_weights) != len(self.style_layer_names):
+    # Field validators, not a model validator, so an error names its key; they run in field
+    # order, so ``backbone`` and ``style_layers`` are already checked when later fields look.
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _layers_exist(cls, names: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        backbone = info.data.get("backbone")
+        for name in names or ():
+            if backbone is not None and name not in LAYERS[backbone]:
+                raise ValueError(unknown_layer_message(backbone, name))
+        return names
+
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _one_weight_per_layer(cls, weights: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
+        if weights is None or "backbone" not in info.data or "style_layers" not in info.data:
+            return weights
+        layers = info.data["style_layers"] or DEFAULT_LAYERS[info.data["backbone"]][1]
+        if len(weights) != len(layers):
             raise ValueError(
-                f"style_layer_weights has {len(self.style_layer_weights)} values but there are "
-                f"{len(self.style_layer_names)} style layers ({', '.join(self.style_layer_names)}): give one per layer"
+                f"{len(weights)} values for {len(layers)} style layers ({', '.join(layers)}): give one per layer"
             )
-        return self
+        return weights
 
     @property
     def content_layer_names(self) -> tuple[str, ...]:
