@@ -104,7 +104,7 @@ def plan(
     for name in sorted(folders):
         _folder(name, folders[name], pair_timeout, result)
     for path in sorted(set(top) - result.owned):
-        _leftover(top[path], pair_timeout, result)
+        _leftover(top[path], (sidecars.get(path) or SidecarRefs()).problem, pair_timeout, result)
     return result.ready
 
 
@@ -218,13 +218,16 @@ def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: 
     )
 
 
-def _leftover(entry: Entry, pair_timeout: float, result: _Plan) -> None:
-    """A top-level file that belongs to no submission: explain it once it has waited long enough."""
+def _leftover(entry: Entry, unreadable: str | None, pair_timeout: float, result: _Plan) -> None:
+    """A top-level file that belongs to no submission: explain it once it has waited long enough.
+
+    ``unreadable`` is why a sidecar could not be read: likely why it named nothing, so the reason.
+    """
     suffix = PurePosixPath(entry.path).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         if not _waited_too_long([entry], pair_timeout):
             return
-        reason = (
+        reason = unreadable or (
             f"{entry.path} belongs to no job after {pair_timeout:g} s: name images NAME.content.EXT and "
             f"NAME.style.EXT, put them in a folder with style.EXT, or name them in a sidecar's content:/style:"
         )

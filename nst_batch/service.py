@@ -68,6 +68,7 @@ class Service:
             logger.info(f"{signal.Signals(signum).name} received: checkpointing and stopping")
             self.stop.set()
             self.work.set()
+            self.watcher.wake.set()  # the intake may be waiting up to rescan_seconds
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
@@ -81,13 +82,14 @@ class Service:
         try:
             intake.recover()
             while not self.stop.is_set():
+                waiting = False
                 try:
                     self.watcher.ensure_alive()
                     if intake.tick():
                         self.work.set()
-                except Exception:  # nothing the inbox holds may stop the intake
+                    waiting = any(self.config.inbox.iterdir())
+                except Exception:  # nothing in the inbox, nor the inbox briefly gone, may stop the intake
                     logger.exception("intake failed; retrying at the next scan")
-                waiting = any(self.config.inbox.iterdir())
                 self.watcher.wake.wait(BUSY_POLL_S if waiting else self.config.rescan_seconds)
                 self.watcher.wake.clear()
         finally:

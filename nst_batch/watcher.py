@@ -1,13 +1,15 @@
 """When inbox files are ready: watchdog events make the daemon look promptly, a scan of the
 folder decides. A file is complete once it was closed after writing or moved in (an event
 newer than its last change), or once its size and mtime stayed the same for
-``settle_seconds``. Events can be lost (overflow, network filesystems, the daemon was down):
-the scan at start-up and the periodic rescans find those files all the same.
+``settle_seconds``; a file in a folder also waits until no file came or went in that folder
+for ``settle_seconds``. Events can be lost (overflow, network filesystems, the daemon was
+down): the scan at start-up and the periodic rescans find those files all the same.
 """
 
 import os
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from .inbox import Entry, is_ignored
 @dataclass
 class _Seen:
     first_seen: float
-    signature: tuple[int, int]  # size, mtime_ns
+    signature: tuple[int, int]  # size, mtime_ns; of a folder: how many files, a hash of their names
     changed: float  # monotonic time the signature last changed
 
 
@@ -96,18 +98,38 @@ class InboxWatcher:
         with self._lock:
             finished = dict(self._finished)
             self._finished = {p: t for p, t in finished.items() if p in found}
+        # A folder is copied one file after another; each file may be complete long before the
+        # next one appears, so a folder's files count only once its listing stopped changing.
+        listings: dict[str, list[str]] = defaultdict(list)
+        for path in found:
+            folder, _, name = path.rpartition("/")
+            if folder:
+                listings[f"{folder}/"].append(name)
+        folders_settled = {
+            folder: self._settled(self._track(folder, (len(names), hash(frozenset(names))), now), now)
+            for folder, names in listings.items()
+        }
         entries = []
         for path, (signature, mtime) in found.items():
-            seen = self._seen.get(path)
-            if seen is None:
-                seen = self._seen[path] = _Seen(now, signature, now)
-            elif seen.signature != signature:
-                seen.signature, seen.changed = signature, now
+            seen = self._track(path, signature, now)
             closed_after_writing = path in finished and mtime <= finished[path]
-            settled = now - seen.changed >= self.settle_seconds
-            entries.append(Entry(path, closed_after_writing or settled, now - seen.first_seen))
-        self._seen = {p: s for p, s in self._seen.items() if p in found}
+            folder = path.rpartition("/")[0]
+            folder_settled = not folder or folders_settled[f"{folder}/"]
+            complete = (closed_after_writing or self._settled(seen, now)) and folder_settled
+            entries.append(Entry(path, complete, now - seen.first_seen))
+        self._seen = {p: s for p, s in self._seen.items() if p in found or p in listings}
         return entries
+
+    def _track(self, key: str, signature: tuple[int, int], now: float) -> _Seen:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen(now, signature, now)
+        elif seen.signature != signature:
+            seen.signature, seen.changed = signature, now
+        return seen
+
+    def _settled(self, seen: _Seen, now: float) -> bool:
+        return now - seen.changed >= self.settle_seconds
 
     def _scan(self):
         yield from self._scan_folder(self.inbox, "", depth=1)
