@@ -209,7 +209,7 @@ def _to_tensor(path: Path, image: Image.Image) -> torch.Tensor:
 
 def _as_float(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().float().div_(255.0)
 
 
 def _scaled_grey(image: Image.Image) -> torch.Tensor:

@@ -21,9 +21,7 @@ from PIL import Image
 
 T = TypeVar("T")
 
-# A few tiny iterations on a CPU. The content images' long sides (40, 48 px) differ from
-# image_size on purpose: a content already at image_size reaches the optimizer as a
-# non-contiguous tensor, which L-BFGS refuses (an engine/imagefile bug, reported apart).
+# A few tiny iterations on a CPU.
 TEST_DEFAULTS = {"image_size": 32, "iterations": 3, "seed": 0}
 
 

@@ -61,6 +61,17 @@ def test_seed_002_spelling_and_blend(images):
     assert params["style_blend_weights"] == [0.7, 0.3]
 
 
+def test_content_already_at_image_size(images):
+    """Regression: a decoded image that needs no resize reached L-BFGS as a non-contiguous view."""
+    out = images / "same.png"
+    code = run_cli(
+        "--content", str(images / "content.png"), "--style", str(images / "style.jpg"), "--output", str(out),
+        "--image-size", "60", "--iterations", "2", "--no-log",
+    )
+    assert code == 0
+    assert Image.open(out).size == (60, 30)
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

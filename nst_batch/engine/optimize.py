@@ -203,7 +203,9 @@ class _ScaleRun:
     def __init__(self, extractor, loss_fn, image, params: StyleParams, state: RunState, started: float, scales: int):
         self.extractor, self.loss_fn, self.params, self.state = extractor, loss_fn, params, state
         self.started, self.scales = started, scales
-        self.image = image.detach().clone().requires_grad_(True)
+        # Callers may pass any layout (a decoded image is often a transposed view); L-BFGS
+        # flattens the parameter with .view(), which needs contiguous memory.
+        self.image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
         self.optimizer = _optimizer(params, self.image)
         if state.optimizer:
             self.optimizer.load_state_dict(state.optimizer)
