@@ -1,16 +1,18 @@
 """Where a job's input files live: the inbox, then ``state_dir/jobs/ID/`` once claimed, then
 ``archive/`` after success or ``failed/NAME/`` (with ``error.txt``) after a failure.
 
-Every move is a rename within one filesystem, so a file is always in exactly one place; the
-store records the claim first, so a crash mid-claim is finished on the next start.
+Every move is a rename, or from an inbox on another filesystem a copy that appears whole before
+the original goes, so a file is always in one place; the store records the claim first, so a
+crash mid-claim is finished on the next start.
 """
 
+import errno
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomicio import atomic_write, fsync_dir
+from .atomicio import atomic_path, atomic_write, fsync_dir
 from .config import Config
 
 
@@ -48,17 +50,20 @@ def move_in(folders: Folders, job_id: int, files: Iterable[str]) -> list[str]:
     Safe to repeat: a file already moved is skipped. Symbolic links are moved as links, never
     followed (the intake refuses them afterwards).
     """
+    files = list(files)
     target = folders.job_dir(job_id)
     missing = []
     for name in files:
         source, destination = folders.inbox / name, target / name
         if os.path.lexists(destination):
+            if os.path.lexists(source):  # a cross-device move stopped after its copy
+                os.unlink(source)
             continue
         if not os.path.lexists(source):
             missing.append(name)
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(source, destination)
+        _move(source, destination)
     for name in files:  # folder jobs leave their emptied folder behind
         parent = (folders.inbox / name).parent
         if parent != folders.inbox:
@@ -68,6 +73,25 @@ def move_in(folders: Folders, job_id: int, files: Iterable[str]) -> list[str]:
                 pass
     fsync_dir(target)
     return missing
+
+
+def _move(source: Path, destination: Path) -> None:
+    """A rename; across filesystems (an inbox on another mount), copy, fsync, rename, unlink.
+
+    Either way the destination appears whole, in one step, and only then does the source go.
+    """
+    try:
+        os.rename(source, destination)
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+    else:
+        with atomic_path(destination) as temp:
+            shutil.copyfile(source, temp)
+    os.unlink(source)
 
 
 def unique_child(parent: Path, name: str, taken: Iterable[str] = ()) -> Path:

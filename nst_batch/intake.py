@@ -41,6 +41,7 @@ class Intake:
         """Claim every submission that is ready; return how many."""
         entries = self.watcher.snapshot()
         sidecars = {e.path: self._sidecar_refs(e.path) for e in entries if e.complete and _is_sidecar(e.path)}
+        self._refs = {key: refs for key, refs in self._refs.items() if key[0] in sidecars}
         submissions = plan(entries, sidecars, self._library(), self.config.pair_timeout)
         for submission in submissions:
             self.claim(submission)

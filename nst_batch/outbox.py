@@ -95,32 +95,53 @@ def versions() -> dict[str, str]:
 
 
 def publish(staging: Path, outbox: Path, name: str, job_record: dict[str, Any], single_label: str | None) -> Path:
-    """Write job.json into the staging folder and rename it to ``outbox/NAME`` in one step.
+    """Write job.json into the staging folder and rename it into the outbox in one step.
 
-    Safe to repeat after a crash: a folder whose job.json has the same job id is ours already.
+    The folder is ``outbox/NAME``, or ``NAME-2``... if someone else's folder has that name.
+    Safe to repeat after a crash: a folder whose job.json has this job's id is ours already.
     A job with one result gets the plain names ``losses.csv`` and ``progress.gif``.
     """
-    target = outbox / name
-    if _published_by(target) == job_record["id"]:
+    target, done = _destination(outbox, name, job_record["id"])
+    if done:
         return target
     if single_label is not None:
         for old, new in ((f"{single_label}.losses.csv", "losses.csv"), (f"{single_label}.progress.gif", "progress.gif")):
             if (staging / old).exists():
                 os.replace(staging / old, staging / new)
-    results = []
-    for summary in sorted(staging.glob(".*.run.json")):
-        results.append(json.loads(summary.read_text()))
-        summary.unlink()
-    job_record = {**job_record, "results": _merge_results(job_record.get("results", []), results)}
+    summaries = sorted(staging.glob(".*.run.json"))
+    written = [json.loads(path.read_text()) for path in summaries] or _job_json_results(staging)
+    job_record = {**job_record, "results": _merge_results(job_record.get("results", []), written)}
     atomic_write(staging / "job.json", json.dumps(job_record, indent=2, sort_keys=True, default=str) + "\n")
+    for path in summaries:
+        path.unlink()
     os.rename(staging, target)
     fsync_dir(outbox)
     return target
 
 
+def _destination(outbox: Path, name: str, job_id: int) -> tuple[Path, bool]:
+    """(where the job's folder goes, whether it is already there)."""
+    n = 1
+    while True:
+        candidate = outbox / (name if n == 1 else f"{name}-{n}")
+        if _published_by(candidate) == job_id:
+            return candidate, True
+        if not os.path.lexists(candidate):
+            return candidate, False
+        n += 1
+
+
 def _merge_results(planned: list[dict], written: list[dict]) -> list[dict]:
     by_label = {r["label"]: r for r in written}
     return [{**p, **by_label.get(p["label"], {})} for p in planned]
+
+
+def _job_json_results(staging: Path) -> list[dict]:
+    """The results of a job.json written before a crash (its run summaries are gone by then)."""
+    try:
+        return json.loads((staging / "job.json").read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def _published_by(folder: Path) -> int | None:

@@ -82,7 +82,10 @@ class Runner:
             _save_checkpoint(checkpoint, result.state)
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint saved")
             return Outcome("stopped")
-        self._write(job, run, params, weights, result, frames)
+        try:
+            self._write(job, run, params, weights, result, frames)
+        except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
+            return Outcome("retry", f"could not write the result: {error}")
         checkpoint.unlink(missing_ok=True)
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")

@@ -58,10 +58,17 @@ class InboxWatcher:
     # --- the observer, supervised -------------------------------------------------------
 
     def start(self) -> None:
-        self._observer = PollingObserver(timeout=1) if self.kind == "polling" else Observer()
-        self._observer.schedule(_Handler(self), str(self.inbox), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+        try:
+            self._observer = self._start(PollingObserver(timeout=1) if self.kind == "polling" else Observer())
+        except OSError as error:  # e.g. the inotify watch limit; the scans still find every file
+            logger.warning(f"native inbox observer failed ({error}); polling instead")
+            self._observer = self._start(PollingObserver(timeout=1))
+
+    def _start(self, observer):
+        observer.schedule(_Handler(self), str(self.inbox), recursive=True)
+        observer.daemon = True
+        observer.start()
+        return observer
 
     def ensure_alive(self) -> None:
         """Restart the observer if its thread died (the scans kept working meanwhile)."""

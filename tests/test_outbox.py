@@ -1,0 +1,48 @@
+"""Publishing a job's folder: one rename, never over someone else's folder, safe to repeat."""
+
+import json
+
+import torch
+from PIL import Image
+
+from nst_batch.engine import LossRecord
+from nst_batch.outbox import loss_log_text, publish, write_gif
+
+
+def staged_job(outbox, job_id=7, label="cat"):
+    staging = outbox / ".staging" / f"job-{job_id}"
+    staging.mkdir(parents=True)
+    (staging / f"{label}.png").write_bytes(b"png")
+    (staging / f"{label}.losses.csv").write_text("iteration\n")
+    (staging / f".{label}.run.json").write_text(json.dumps({"label": label, "seed": 3}))
+    return staging
+
+
+def test_publish_never_overwrites_and_is_recognised_when_repeated(tmp_path):
+    outbox = tmp_path / "outbox"
+    staging = staged_job(outbox)
+    (outbox / "cat").mkdir()
+    (outbox / "cat" / "mine.txt").write_text("a person's own folder")
+    record = {"id": 7, "results": [{"label": "cat", "status": "done"}]}
+
+    target = publish(staging, outbox, "cat", record, single_label="cat")
+
+    assert target == outbox / "cat-2"
+    assert (outbox / "cat" / "mine.txt").exists()
+    assert sorted(p.name for p in target.iterdir()) == ["cat.png", "job.json", "losses.csv"]
+    assert json.loads((target / "job.json").read_text())["results"] == [{"label": "cat", "status": "done", "seed": 3}]
+    assert not staging.exists()
+    assert publish(staging, outbox, "cat", record, single_label="cat") == target  # a retry after a crash
+
+
+def test_loss_log_columns_and_rows():
+    history = [LossRecord(1, 0.5, 2.0, 0.0, 2.5, 0.1234), LossRecord(2, 0.25, 1.0, 0.0, 1.25, 0.2)]
+    lines = loss_log_text(history).splitlines()
+    assert lines == ["iteration,content,style,tv,total,elapsed_s", "1,0.5,2,0,2.5,0.123", "2,0.25,1,0,1.25,0.200"]
+
+
+def test_gif_frames_of_growing_scales_share_the_last_size(tmp_path):
+    frames = [torch.zeros(1, 3, 8, 16), torch.ones(1, 3, 16, 32)]
+    write_gif(tmp_path / "p.gif", frames)
+    gif = Image.open(tmp_path / "p.gif")
+    assert gif.n_frames == 2 and gif.size == (32, 16)
