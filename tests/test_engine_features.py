@@ -140,6 +140,23 @@ def test_resnet18_extractor_returns_its_stages_with_their_widths(resnet18_random
 
 
 @pytest.mark.parametrize(
+    ("backbone", "deepest", "min_side"),
+    [("vgg19", "relu1_1", 1), ("vgg19", "relu3_1", 4), ("vgg19", "relu5_1", 16), ("resnet18", "layer4", 32)],
+)
+def test_min_side_is_the_smallest_input_that_reaches_the_deepest_layer(
+    vgg19_random, resnet18_random, backbone, deepest, min_side
+):
+    network = vgg19_random if backbone == "vgg19" else resnet18_random
+    extractor = FeatureExtractor(network, [deepest])
+    assert extractor.min_side == min_side
+    with torch.no_grad():
+        assert extractor(torch.rand(1, 3, min_side, min_side))[deepest].shape[-1] >= 1
+        if backbone == "vgg19" and min_side > 1:  # VGG's unpadded pools fail below it; ResNet pads
+            with pytest.raises(RuntimeError):
+                extractor(torch.rand(1, 3, min_side // 2, min_side // 2))
+
+
+@pytest.mark.parametrize(
     ("backbone", "layer", "suggestion"),
     [("vgg19", "rleu4_2", "'relu4_2'"), ("vgg16", "relu4_4", "'relu4_3'"), ("resnet18", "layer5", "'layer")],
 )

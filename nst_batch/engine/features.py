@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from .layers import LAYERS
+from .layers import HALVING, LAYERS
 
 _VGG_CFG = {"vgg16": "D", "vgg19": "E"}
 
@@ -98,6 +98,8 @@ class FeatureExtractor(nn.Module):
         self.wanted = frozenset(wanted)
         self.normalize = Normalize(network.normalization).to(network.device)
         self.names = names[: deepest + 1]
+        # the smallest side that still leaves one pixel at the deepest layer
+        self.min_side = 2 ** sum(name in HALVING[network.backbone] for name in self.names)
         self.body = nn.ModuleList(
             self._layer(network, name, names[i - 1] if i else None, pooling) for i, name in enumerate(self.names)
         )

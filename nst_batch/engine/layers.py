@@ -29,6 +29,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
 
 BACKBONES = tuple(LAYERS)
 
+# Layers that halve the image: VGG's pools; ResNet-18's strided stem, its pool and stages 2-4.
+HALVING: dict[str, frozenset[str]] = {
+    **{name: frozenset(n for n in LAYERS[name] if n.startswith("pool")) for name in _VGG_PLANS},
+    "resnet18": frozenset({"conv1", "pool1", "layer2", "layer3", "layer4"}),
+}
+
 _VGG_DEFAULTS = (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
 DEFAULT_LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vgg19": _VGG_DEFAULTS,

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ..errors import DivergedError
+from ..errors import DivergedError, InputError
 from .features import FeatureExtractor, Network
-from .images import keep_colors, luminance, resize, resize_long_side
+from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
 from .losses import ContentLoss, StyleLoss, StyleTransferLoss
 from .params import StyleParams
 
@@ -141,6 +141,7 @@ def stylize(
         scale=0, iteration=0, image=torch.empty(0), optimizer={},
     )
     sizes = params.scale_sizes
+    _check_short_sides(extractor, content, styles, params, sizes[0])
     started = time.perf_counter() - state.elapsed_s
     for scale in range(state.scale, len(sizes)):
         content_now = resize_long_side(content, sizes[scale]).to(device)
@@ -156,6 +157,22 @@ def stylize(
             return _result(state, content, params, interrupted=True)
         resume = None
     return _result(state, content, params, interrupted=False)
+
+
+def _check_short_sides(
+    extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[torch.Tensor], params: StyleParams, size: int
+) -> None:
+    """A very wide image at a small size would shrink to nothing before the deepest layer."""
+    style_size = max(16, round(size * params.style_scale))
+    named = [("content", content, size), *((f"style {i + 1}", s, style_size) for i, s in enumerate(styles))]
+    for what, image, long_side in named:
+        short = min(fit_long_side(*image.shape[-2:], long_side))
+        if short < extractor.min_side:
+            raise InputError(
+                f"the {what} image is too narrow: at {long_side} px on its long side its short side is {short} px, "
+                f"but the layers up to {extractor.names[-1]} need {extractor.min_side} px: raise image_size "
+                f"(or style_scale), use fewer scales, or crop it"
+            )
 
 
 def _starting_image(
@@ -222,9 +239,14 @@ class _ScaleRun:
         self.terms = torch.stack([terms["content"], terms["style"], terms["tv"], total]).detach()
         return total
 
+    def done(self) -> bool:
+        """The scale's iterations are spent, or it stopped early (an early stop ends its scale)."""
+        stopped = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
+        return stopped or self.iteration - self.scale_start >= self.params.iterations
+
     def iterate(self, callback: Callback | None) -> tuple[RunState, bool]:
         total_iterations = self.params.iterations * self.scales
-        while self.iteration - self.scale_start < self.params.iterations:
+        while not self.done():
             self.optimizer.step(self.closure)
             self.iteration += 1
             record = LossRecord(self.iteration, *self.terms.tolist(), time.perf_counter() - self.started)
@@ -236,6 +258,8 @@ class _ScaleRun:
             self.history.append(record)
             self.best.append(min(self.best[-1], record.total) if self.best else record.total)
             early_stop = self._early_stop()
+            if early_stop:  # recorded before the callback, so a snapshot taken there knows it
+                self.early_stops.append(early_stop)
             if callback is not None:
                 every = self.params.frame_every
                 frame = self._picture() if every and self.iteration % every == 0 else None
@@ -244,9 +268,6 @@ class _ScaleRun:
                 )
                 if callback(progress):
                     return self.snapshot(), True
-            if early_stop:
-                self.early_stops.append(early_stop)
-                break
         return self.snapshot(), False
 
     def _early_stop(self) -> EarlyStop | None:
@@ -266,7 +287,7 @@ class _ScaleRun:
         return replace(
             self.state,
             iteration=self.iteration,
-            image=self._picture(),
+            image=self.image.detach().cpu().clone(),  # unclamped: a resumed run continues exactly
             optimizer=_to_cpu(self.optimizer.state_dict()),
             history=list(self.history),
             early_stops=list(self.early_stops),
@@ -292,7 +313,7 @@ def _to_cpu(value: Any) -> Any:
 
 
 def _result(state: RunState, content: torch.Tensor, params: StyleParams, interrupted: bool) -> Result:
-    image = state.image
+    image = state.image.clamp(0, 1)
     if params.preserve_colors:
         image = keep_colors(image, content)
     return Result(
