@@ -99,6 +99,11 @@ class Intake:
         ]
         for group, (_, params) in itertools.product(style_groups, combinations):
             params.blend_weights(len(group))
+        for _, params in combinations:
+            if params.init not in ("content", "noise"):
+                if "/" in params.init or "\\" in params.init:
+                    raise InputError(f"init {params.init!r}: name a file of the style library, without a folder")
+                image_size(self.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
         _deduplicate_labels(runs)
         return runs, sidecar.priority if sidecar else 0, (sidecar.name if sidecar and sidecar.name else job.name)
 

@@ -19,6 +19,7 @@ from .config import Config
 from .engine import Network, Progress, RunState, StyleParams, WeightsInfo, load_network, resolve_device, stylize
 from .errors import NstBatchError
 from .imagefile import read_image, write_image
+from .inbox import LIBRARY_PREFIX
 from .outbox import result_files, result_metadata, write_gif, write_loss_log
 from .store import JobRecord, RunRecord, Store
 
@@ -62,8 +63,8 @@ class Runner:
             content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
             init = None
-            if params.init not in ("content", "noise"):
-                init = read_image(self.input_path(job.id, params.init), self.config.max_pixels)
+            if params.init not in ("content", "noise"):  # in the daemon, a file of the style library
+                init = read_image(self.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
             network, weights = self.network(params.backbone)
             resume = _load_checkpoint(checkpoint)
             if resume is not None:
