@@ -19,7 +19,8 @@ def _under_journald() -> bool:
 def _line_format(record) -> str:
     job = " [{extra[job]}]" if "job" in record["extra"] else ""
     if _under_journald():  # journald adds its own timestamps
-        return f"<{_PRIORITY.get(record['level'].name, 6)}>{{level}}{job} {{message}}\n{{exception}}"
+        # the backslash keeps loguru from reading "<6>" as a colour tag
+        return f"\\<{_PRIORITY.get(record['level'].name, 6)}>{{level}}{job} {{message}}\n{{exception}}"
     return "{time:YYYY-MM-DD HH:mm:ss} {level: <7}" + job + " {message}\n{exception}"
 
 
