@@ -1,0 +1,60 @@
+"""When inbox files count as complete, and the observer's supervision."""
+
+import time
+
+import pytest
+
+from nst_batch.watcher import InboxWatcher
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def entry(watcher, path):
+    return next(e for e in watcher.snapshot() if e.path == path)
+
+
+def test_a_file_counts_once_unchanged_for_settle_seconds(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0.3)
+    (tmp_path / "a.png").write_bytes(b"1")
+    assert not entry(watcher, "a.png").complete
+    time.sleep(0.2)
+    (tmp_path / "a.png").write_bytes(b"12")  # still growing: the clock starts again
+    assert not entry(watcher, "a.png").complete
+    time.sleep(0.35)
+    assert entry(watcher, "a.png").complete
+
+
+def test_a_close_event_after_the_last_write_completes_a_file_at_once(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=60)
+    (tmp_path / "a.png").write_bytes(b"data")
+    assert not entry(watcher, "a.png").complete
+    watcher.mark_finished(str(tmp_path / "a.png"))
+    assert entry(watcher, "a.png").complete
+
+
+def test_ignored_names_are_not_listed(tmp_path):
+    for name in (".hidden.png", "x.part", "y.tmp", "z.png~", "ok.png"):
+        (tmp_path / name).write_bytes(b"1")
+    assert [e.path for e in InboxWatcher(tmp_path, 0).snapshot()] == ["ok.png"]
+
+
+@pytest.mark.parametrize("kind", ["native", "polling"])
+def test_a_dead_observer_is_restarted_and_events_wake_the_intake(tmp_path, kind):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0, observer=kind)
+    watcher.start()
+    try:
+        watcher._observer.stop()  # what an unhandled error in the observer thread amounts to
+        watcher._observer.join()
+        watcher.ensure_alive()
+        assert watcher._observer.is_alive()
+        watcher.wake.clear()
+        (tmp_path / "new.png").write_bytes(b"1")
+        wait_for(watcher.wake.is_set)
+    finally:
+        watcher.stop()
