@@ -106,3 +106,8 @@ def test_style_transfer_loss_tv_term_is_zero_when_its_weight_is_zero():
     assert TVLoss()(image).item() > 0  # the image is not smooth: only the weight makes the term vanish
     assert terms["tv"].item() == 0.0
     torch.testing.assert_close(total, terms["content"] + terms["style"])
+
+
+def test_gram_gradient_is_exact():
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram, (features,))

@@ -14,11 +14,25 @@ from torch import nn
 TERMS = ("content", "style", "tv")
 
 
+class _SelfProduct(torch.autograd.Function):
+    """F F^T with the gradient (G + G^T) F: one matmul, where autograd would treat the two
+    operands apart and run two, plus a strided add over the whole feature map."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        return flat @ flat.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        return (grad + grad.transpose(1, 2)) @ flat
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Feature correlations (B, C, C) of features (B, C, H, W), normalized by C x H x W."""
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
+    return _SelfProduct.apply(features.reshape(b, c, h * w)) / (c * h * w)
 
 
 class ContentLoss(nn.Module):
