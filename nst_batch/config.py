@@ -57,11 +57,6 @@ class ModelConfig(BaseModel):
             return weights
         return str(_absolute(Path(weights), _base_dir(info)))
 
-    @property
-    def weights_path(self) -> Path | None:
-        """The weights file, or None for the built-in choices."""
-        return None if self.weights in BUILTIN_WEIGHTS else Path(self.weights)
-
 
 class LogConfig(BaseModel):
     """Where the daemon logs, and how much."""

@@ -23,7 +23,6 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from .atomicio import atomic_path
 from .errors import InputError
 
-SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 # Only these decoders may run: Pillow would otherwise also open EPS (through Ghostscript),

@@ -8,10 +8,11 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from .engine import Progress, Result, StyleParams, load_network, resolve_device, stylize
+from .engine import Progress, Result, StyleParams, resolve_device, stylize
 from .errors import InputError
-from .imagefile import WRITE_SUFFIXES, read_image, write_image
-from .outbox import result_metadata, write_gif, write_loss_log
+from .imagefile import WRITE_SUFFIXES, read_image
+from .model import load_model
+from .outbox import gif_frame_every, write_result
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,10 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     styles = [read_image(path, job.max_pixels) for path in job.styles]
     init = None if job.params.init in ("content", "noise") else read_image(Path(job.params.init), job.max_pixels)
     params = job.params
-    if job.gif is not None and not params.frame_every:
-        params = params.with_overrides({"frame_every": max(1, params.iterations // 50)})
-
+    if job.gif is not None:
+        params = params.with_overrides({"frame_every": gif_frame_every(params)})
     device = resolve_device(job.device)
-    network, weights = load_network(params.backbone, job.weights, job.weights_format)
-    if not weights.pretrained:
-        logger.warning("using RANDOM weights: the result is meaningless (weights: random is for tests only)")
+    network, weights = load_model(params.backbone, job.weights, job.weights_format, device)
     logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
 
     frames: list[torch.Tensor] = []
@@ -70,15 +68,11 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
             bar.n = progress.iteration
             bar.set_postfix(loss=f"{progress.losses.total:.4g}", scale=f"{progress.scale + 1}/{progress.scales}")
 
-        result = stylize(network.to(device), content, styles, params, init_image=init, callback=on_progress)
+        result = stylize(network, content, styles, params, init_image=init, callback=on_progress)
 
+    losses = job.loss_log_path if job.loss_log else None
     extra = {"content": job.content.name, "styles": [p.name for p in job.styles]}
-    extra |= {"early_stop": result.early_stops[-1].describe()} if result.early_stops else {}
-    write_image(result.image, job.output, result_metadata(params, weights, result.seed, extra))
-    if job.loss_log:
-        write_loss_log(job.loss_log_path, result.history)
-    if job.gif is not None and frames:
-        write_gif(job.gif, [*frames, result.image])
+    write_result(result, params, weights, job.output, losses, job.gif, frames, extra)
     for stop in result.early_stops:
         logger.info(stop.describe())
     final = result.history[-1]

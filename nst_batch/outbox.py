@@ -16,10 +16,17 @@ from PIL import Image
 
 from . import __version__
 from .atomicio import atomic_path, atomic_write, fsync_dir
-from .engine import LossRecord, StyleParams, WeightsInfo
+from .engine import LossRecord, Result, StyleParams, WeightsInfo
 from .engine.images import resize_long_side
+from .imagefile import write_image
 
 LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "elapsed_s")
+GIF_FRAMES = 50  # about this many frames in a progress GIF, whatever the iteration count
+
+
+def gif_frame_every(params: StyleParams) -> int:
+    """The frame interval of a progress GIF when the user asked for one without choosing it."""
+    return params.frame_every or max(1, params.iterations * params.scales // GIF_FRAMES)
 
 
 def loss_log_text(history: Sequence[LossRecord]) -> str:
@@ -35,6 +42,26 @@ def loss_log_text(history: Sequence[LossRecord]) -> str:
 
 def write_loss_log(path: Path, history: Sequence[LossRecord]) -> None:
     atomic_write(path, loss_log_text(history))
+
+
+def write_result(
+    result: Result,
+    params: StyleParams,
+    weights: WeightsInfo,
+    image: Path,
+    losses: Path | None,
+    gif: Path | None,
+    frames: Sequence[torch.Tensor] = (),
+    extra: Mapping[str, Any] = {},
+) -> None:
+    """The image with its settings embedded, the loss log and, when frames were kept, the GIF."""
+    if result.early_stops:
+        extra = {**extra, "early_stop": [stop.describe() for stop in result.early_stops]}
+    write_image(result.image, image, result_metadata(params, weights, result.seed, extra))
+    if losses is not None:
+        write_loss_log(losses, result.history)
+    if gif is not None and frames:
+        write_gif(gif, [*frames, result.image])
 
 
 def write_gif(path: Path, frames: Sequence[torch.Tensor], max_side: int = 512, frame_ms: int = 100) -> None:

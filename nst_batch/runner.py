@@ -2,7 +2,6 @@
 checkpoint every N iterations, stop when asked, and leave its files in the job's staging folder.
 The network of each backbone is loaded once and kept."""
 
-import io
 import json
 import threading
 import time
@@ -13,14 +12,15 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from .atomicio import atomic_write
+from .atomicio import atomic_path, atomic_write
 from .claims import Folders
 from .config import Config
-from .engine import Network, Progress, RunState, StyleParams, WeightsInfo, load_network, resolve_device, stylize
+from .engine import Network, Progress, RunState, StyleParams, WeightsInfo, resolve_device, stylize
 from .errors import NstBatchError
-from .imagefile import read_image, write_image
+from .imagefile import read_image
+from .model import load_model
 from .inbox import LIBRARY_PREFIX
-from .outbox import result_files, result_metadata, write_gif, write_loss_log
+from .outbox import result_files, write_result
 from .store import JobRecord, RunRecord, Store
 
 PROGRESS_EVERY_S = 1.0
@@ -49,10 +49,8 @@ class Runner:
 
     def network(self, backbone: str) -> tuple[Network, WeightsInfo]:
         if backbone not in self._networks:
-            network, info = load_network(backbone, str(self.config.model.weights), self.config.model.weights_format)
-            if not info.pretrained:
-                logger.warning("model weights are RANDOM: results are meaningless (weights: random is for tests only)")
-            self._networks[backbone] = (network.to(self.device), info)
+            model = self.config.model
+            self._networks[backbone] = load_model(backbone, str(model.weights), model.weights_format, self.device)
         return self._networks[backbone]
 
     def run(self, job: JobRecord, run: RunRecord, stop: threading.Event) -> Outcome:
@@ -87,7 +85,6 @@ class Runner:
             self._write(job, run, params, weights, result, frames)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
             return Outcome("retry", f"could not write the result: {error}")
-        checkpoint.unlink(missing_ok=True)
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
         return Outcome("done")
@@ -114,18 +111,18 @@ class Runner:
         files = result_files(self.folders.staging_dir(job.id), run.label, self.config.output_format)
         files.image.parent.mkdir(parents=True, exist_ok=True)
         extra = {"job": job.label, "content": run.content, "styles": list(run.styles), "varying": run.varying}
-        write_image(result.image, files.image, result_metadata(params, weights, result.seed, extra))
-        write_loss_log(files.losses, result.history)
-        if frames:
-            write_gif(files.gif, [*frames, result.image])
+        write_result(result, params, weights, files.image, files.losses, files.gif, frames, extra)
+        final = result.history[-1]
         summary = {
             "label": run.label,
             "seed": result.seed,
-            "iterations": result.history[-1].iteration,
-            "seconds": round(result.history[-1].elapsed_s, 3),
-            "final_losses": vars(result.history[-1]),
+            "iterations": final.iteration,
+            "seconds": round(final.elapsed_s, 3),
+            "final_losses": vars(final),
             "scale_starts": result.scale_starts,
             "early_stop": [s.describe() for s in result.early_stops] or None,
+            "weights": weights.describe(),
+            "pretrained_weights": weights.pretrained,
         }
         atomic_write(files.summary, _json(summary))
 
@@ -135,9 +132,8 @@ def _json(data) -> str:
 
 
 def _save_checkpoint(path: Path, state: RunState) -> None:
-    buffer = io.BytesIO()
-    torch.save(state.to_dict(), buffer)
-    atomic_write(path, buffer.getvalue())
+    with atomic_path(path) as temp:
+        torch.save(state.to_dict(), temp)
 
 
 def _load_checkpoint(path: Path) -> RunState | None:

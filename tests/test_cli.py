@@ -138,3 +138,10 @@ def test_validate_config_and_sidecar(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "nst_batch", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("nst-batch ")
+
+
+def test_fetch_weights_malformed_url_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert main(["fetch-weights", "--url", "example.org/vgg19.pth"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download example.org/vgg19.pth" in err and "Traceback" not in err

@@ -89,13 +89,13 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
     assert config.outbox == base / "out"
     assert config.state_dir == base / "state"
     assert config.styles_dir is None
-    assert config.model.weights_path == base / "etc" / "weights" / "vgg.pth"
+    assert config.model.weights == str(base / "etc" / "weights" / "vgg.pth")
     assert config.log.json_file == base / "etc" / "logs" / "nst.jsonl"
 
 
 def test_builtin_weights_are_not_paths(tmp_path: Path) -> None:
     config = load_config(write(tmp_path / "c.yaml", "model:\n  weights: random\n"))
-    assert config.model.weights == "random" and config.model.weights_path is None
+    assert config.model.weights == "random"
 
 
 def test_set_nested_and_bare_keys_with_yaml_types(tmp_path: Path) -> None:

@@ -11,9 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TERMS = ("content", "style", "tv")
-
-
 class _SelfProduct(torch.autograd.Function):
     """F F^T with the gradient (G + G^T) F: one matmul, where autograd would treat the two
     operands apart and run two, plus a strided add over the whole feature map."""
@@ -94,10 +91,6 @@ class StyleTransferLoss(nn.Module):
         self.layer_weights = dict(layer_weights)
         self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
         self.tv = TVLoss()
-
-    @property
-    def layers(self) -> set[str]:
-        return set(self.content) | set(self.style)
 
     def forward(self, image: torch.Tensor, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         terms = {

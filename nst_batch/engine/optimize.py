@@ -268,7 +268,8 @@ class _ScaleRun:
                 )
                 if callback(progress):
                     return self.snapshot(), True
-        return self.snapshot(), False
+        # the next scale starts a fresh optimizer: copying this one's state would be wasted
+        return self.snapshot(with_optimizer=False), False
 
     def _early_stop(self) -> EarlyStop | None:
         window, tol = self.params.early_stop_window, self.params.early_stop_tol
@@ -283,12 +284,12 @@ class _ScaleRun:
     def _picture(self) -> torch.Tensor:
         return self.image.detach().clamp(0, 1).cpu()
 
-    def snapshot(self) -> RunState:
+    def snapshot(self, with_optimizer: bool = True) -> RunState:
         return replace(
             self.state,
             iteration=self.iteration,
             image=self.image.detach().cpu().clone(),  # unclamped: a resumed run continues exactly
-            optimizer=_to_cpu(self.optimizer.state_dict()),
+            optimizer=_to_cpu(self.optimizer.state_dict()) if with_optimizer else {},
             history=list(self.history),
             early_stops=list(self.early_stops),
             elapsed_s=time.perf_counter() - self.started,

@@ -99,7 +99,7 @@ def fetch_weights(backbone: str, url: str | None = None, timeout: float = 30.0) 
             raise WeightsError(f"download of {source} is corrupt (sha256 {digest.hexdigest()[:8]}...): try again")
         _network_from_file(backbone, Path(tmp_name), "torchvision")
         os.replace(tmp_name, target)
-    except OSError as error:  # urllib's URLError is an OSError
+    except (OSError, ValueError) as error:  # URLError is an OSError; a malformed URL a ValueError
         raise WeightsError(f"could not download {source}: {getattr(error, 'reason', error)}") from None
     finally:
         if os.path.exists(tmp_name):
