@@ -12,7 +12,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from .engine.params import StyleParams
@@ -56,6 +56,24 @@ class ModelConfig(BaseModel):
         if weights in BUILTIN_WEIGHTS:
             return weights
         return str(_absolute(Path(weights), _base_dir(info)))
+
+
+class SchedulerConfig(BaseModel):
+    """How runs share the device: the memory budget, how many at once, what to do with the too big."""
+
+    model_config = FROZEN
+
+    memory_budget: ByteSize | None = Field(
+        None, description="cap on the memory runs may use, e.g. 4GiB; null = the device's free memory minus reserve"
+    )
+    reserve: ByteSize = Field(ByteSize(1 << 30), description="memory left free for everything else (null budget only)")
+    max_concurrent: int | None = Field(
+        None, ge=1, le=64, description="runs at once at most; null = 4 on a GPU, 1 on a CPU"
+    )
+    too_big: Literal["lbfgs_history", "adam", "downscale", "fail"] = Field(
+        "downscale", description="a run that cannot fit alone: lbfgs_history | adam | downscale | fail"
+    )
+    calibrate: bool = Field(True, description="measure the device with two short probe runs at start-up")
 
 
 class LogConfig(BaseModel):
@@ -109,6 +127,7 @@ class Config(BaseModel):
     max_pixels: int = Field(50_000_000, ge=1, description="input images with more pixels are refused before decoding")
     output_format: Literal["png", "jpg"] = Field("png", description="png | jpg")
     model: ModelConfig = Field(default_factory=ModelConfig, description="network weights")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="memory-aware scheduling")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
     defaults: StyleParams = Field(
         default_factory=StyleParams, description="engine parameters of every job; a sidecar overrides them"

@@ -1,0 +1,231 @@
+"""How much memory and time a run needs, predicted from its shape alone (pure: no device here).
+
+A run's peak is modelled as
+
+    constant + exact + per_activation x activations
+
+- ``exact``: what can be counted: the image and its gradient, the optimizer's state (Adam's two
+  moments; L-BFGS's history of 2 x history_size image-sized vectors), the content and style
+  targets;
+- ``activations``: the feature maps of every layer up to the deepest one a loss needs, which
+  autograd keeps for the backward pass;
+- ``constant`` and ``per_activation``: the framework's workspace and how much of the activations
+  (and backward buffers) it really keeps; fitted on the device from probe runs at start-up and
+  from every measured peak since (``fit``).
+
+Multi-scale runs need what their largest scale needs. Time per iteration is modelled the same
+way: a constant plus a cost per activation byte (the work grows with the pixels).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .engine import StyleParams
+from .engine.images import fit_long_side
+from .engine.layers import LAYERS
+
+FLOAT_BYTES = 4
+GIB = 1 << 30
+
+_VGG_WIDTHS = (64, 128, 256, 512, 512)
+# ResNet-18: (channels, downsampling factor, tensors autograd keeps per output element)
+_RESNET_STAGES = {
+    "conv1": (64, 2, 2),  # conv, batch norm (the ReLU is in place)
+    "pool1": (64, 4, 1),
+    "layer1": (64, 4, 10),  # two blocks of conv, bn, conv, bn, add
+    "layer2": (128, 8, 12),  # ...and the first block's strided shortcut conv and bn
+    "layer3": (256, 16, 12),
+    "layer4": (512, 32, 12),
+}
+
+
+def layer_shape(backbone: str, layer: str, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of a layer's output for an input of height x width."""
+    if backbone == "resnet18":
+        channels, factor, _ = _RESNET_STAGES[layer]
+        return channels, max(1, height // factor), max(1, width // factor)
+    block = int(layer[4] if layer.startswith("pool") else layer.split("_")[0][-1])
+    halvings = block if layer.startswith("pool") else block - 1
+    return _VGG_WIDTHS[block - 1], height >> halvings, width >> halvings
+
+
+def activation_elements(backbone: str, deepest: str, height: int, width: int) -> int:
+    """Elements of every feature map up to and including ``deepest``."""
+    names = LAYERS[backbone]
+    total = 0
+    for name in names[: names.index(deepest) + 1]:
+        channels, h, w = layer_shape(backbone, name, height, width)
+        kept = _RESNET_STAGES[name][2] if backbone == "resnet18" else 1
+        total += kept * channels * h * w
+    return total
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a run needs at its largest scale, before the device's coefficients are applied."""
+
+    exact_bytes: int
+    activation_bytes: int
+    height: int
+    width: int
+
+
+def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) -> Need:
+    """The needs of a run of ``params`` on a content image of (width, height) pixels."""
+    height, width = fit_long_side(content_size[1], content_size[0], params.image_size)
+    layers = (*params.content_layer_names, *params.style_layer_names)
+    names = LAYERS[params.backbone]
+    deepest = max(layers, key=names.index)
+    pixels = 3 * height * width * FLOAT_BYTES
+    optimizer = 2 * pixels if params.optimizer == "adam" else (2 * params.lbfgs_history + 4) * pixels
+    content_targets = sum(_elements(params.backbone, name, height, width) for name in params.content_layer_names)
+    style_targets = sum(layer_shape(params.backbone, name, 1, 1)[0] ** 2 for name in params.style_layer_names)
+    style_size = max(16, round(params.image_size * params.style_scale))
+    style_images = n_styles * 3 * style_size * style_size
+    exact = 2 * pixels + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
+    activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
+    return Need(exact, activations, height, width)
+
+
+def _elements(backbone: str, layer: str, height: int, width: int) -> int:
+    channels, h, w = layer_shape(backbone, layer, height, width)
+    return channels * h * w
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured run (or probe): its needs, its peak memory and its seconds per iteration."""
+
+    need: Need
+    peak_bytes: int
+    seconds_per_iteration: float
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    constant_bytes: float = 256 * 2**20
+    per_activation: float = 2.0
+    margin: float = 0.10  # predictions are padded by this fraction
+    seconds_constant: float = 0.0
+    seconds_per_activation_byte: float = 2e-9  # a CPU-like guess until measured
+
+    def peak(self, need: Need) -> int:
+        raw = self.constant_bytes + need.exact_bytes + self.per_activation * need.activation_bytes
+        return int(raw * (1 + self.margin))
+
+    def seconds_per_iteration(self, need: Need) -> float:
+        return self.seconds_constant + self.seconds_per_activation_byte * need.activation_bytes
+
+
+def fit(samples: Sequence[Sample], prior: MemoryModel = MemoryModel()) -> MemoryModel:
+    """Coefficients that explain the measured samples, never predicting below any of them.
+
+    Two or more samples of different sizes give a least-squares line (constant, per activation
+    byte); one sample keeps the prior's constant. The constant is then raised until the line is
+    at or above every sample, so the model errs on the side of fitting.
+    """
+    if not samples:
+        return prior
+    peak_constant, peak_slope = _line(
+        [s.need.activation_bytes for s in samples],
+        [s.peak_bytes - s.need.exact_bytes for s in samples],
+        prior.constant_bytes,
+        prior.per_activation,
+    )
+    peak_constant = max(
+        [peak_constant] + [s.peak_bytes - s.need.exact_bytes - peak_slope * s.need.activation_bytes for s in samples]
+    )
+    timed = [s for s in samples if s.seconds_per_iteration > 0]
+    time_constant, time_slope = _line(
+        [s.need.activation_bytes for s in timed],
+        [s.seconds_per_iteration for s in timed],
+        prior.seconds_constant,
+        prior.seconds_per_activation_byte,
+    )
+    return MemoryModel(max(0.0, peak_constant), peak_slope, prior.margin, max(0.0, time_constant), time_slope)
+
+
+def _line(xs: Sequence[float], ys: Sequence[float], prior_intercept: float, prior_slope: float) -> tuple[float, float]:
+    """Least squares y = a + b x with b >= 0; with a single distinct x, keep the prior intercept."""
+    if not xs:
+        return prior_intercept, prior_slope
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread <= 1e-9 * max(1.0, mean_x**2):
+        return prior_intercept, max(0.0, (mean_y - prior_intercept) / mean_x) if mean_x else prior_slope
+    slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread)
+    return mean_y - slope * mean_x, slope
+
+
+# --- what to do with a run that cannot fit even alone ---------------------------------------
+
+POLICIES = ("lbfgs_history", "adam", "downscale", "fail")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A run's parameters changed so it fits (``changes`` and a warning), or why it cannot."""
+
+    params: StyleParams | None
+    warning: str | None = None
+    refusal: str | None = None
+
+
+def make_fit(
+    params: StyleParams, content_size: tuple[int, int], n_styles: int, model: MemoryModel, budget: int, policy: str
+) -> Fit:
+    """Apply the config's ``too_big`` policy to a run that needs more than ``budget`` alone."""
+    needed = model.peak(run_need(params, content_size, n_styles))
+    if needed <= budget:
+        return Fit(params)
+    options = _options(params, content_size, n_styles, model, budget)
+    if policy != "fail" and policy in options:
+        changed = params.with_overrides(options[policy])
+        change = ", ".join(f"{k}: {getattr(params, k)} -> {v}" for k, v in options[policy].items())
+        return Fit(changed, warning=f"needs {_gib(needed)} alone, the budget is {_gib(budget)}: changed {change} to fit")
+    hints = "; ".join(", ".join(f"{k}: {v}" for k, v in change.items()) for change in options.values())
+    return Fit(
+        None,
+        refusal=f"needs {_gib(needed)}, the memory budget is {_gib(budget)}"
+        + (f"; it would fit with {hints}" if hints else "; it cannot fit on this device even at 64 px")
+        + " (or raise scheduler.memory_budget)",
+    )
+
+
+def _options(params: StyleParams, content_size, n_styles, model: MemoryModel, budget: int) -> dict[str, dict]:
+    """For each policy that can make the run fit, the smallest change that does."""
+    def fits(candidate: StyleParams) -> bool:
+        return model.peak(run_need(candidate, content_size, n_styles)) <= budget
+
+    options = {}
+    if params.optimizer == "lbfgs":
+        history = _largest(1, params.lbfgs_history, lambda h: fits(params.with_overrides({"lbfgs_history": h})))
+        if history is not None:
+            options["lbfgs_history"] = {"lbfgs_history": history}
+        if fits(params.with_overrides({"optimizer": "adam"})):
+            options["adam"] = {"optimizer": "adam"}
+    size = _largest(64, params.image_size, lambda s: fits(params.with_overrides({"image_size": s})))
+    if size is not None:
+        options["downscale"] = {"image_size": size}
+    return options
+
+
+def _largest(low: int, high: int, ok) -> int | None:
+    """The largest integer in [low, high] for which the monotone ``ok`` holds."""
+    if not ok(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if ok(middle) else (low, middle - 1)
+    return low
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.2f} GiB"
+
+
+def describe_duration(seconds: float) -> str:
+    minutes, _ = divmod(int(seconds + 59), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
