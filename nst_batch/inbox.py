@@ -11,6 +11,17 @@ The rules (README, "What the inbox understands"):
   and an optional ``job.yaml``;
 - a sidecar alone, ``NAME.yaml``, whose ``content:`` and ``style:`` name files in the inbox or
   in the style library.
+
+What is refused, and when (nothing is claimed, refused or not, before its files are complete):
+- a half pair, a folder without a style or content image, an empty folder, or an image or sidecar
+  that belongs to no job: after ``pair_timeout``, since what is missing may still arrive;
+- a file that is neither an image nor a sidecar: as soon as it is complete;
+- a folder with a subfolder (``trip/raw/``): the whole folder, once complete. A job folder holds
+  its images one level deep; running the rest without the subfolder would be a surprise;
+- a file belongs to one job. A file named by a standalone sidecar is that sidecar's (the first by
+  name, if several name it): a later sidecar that names it is refused at once, and so is the other
+  half of a pair whose file it took; waiting would not help, and once the file is claimed nothing
+  would tell why it never arrived.
 """
 
 from collections import defaultdict
@@ -22,16 +33,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SIDECAR_SUFFIXES = (".yaml", ".yml")
 FOLDER_SIDECAR = "job.yaml"
 LIBRARY_PREFIX = "styles/"  # how a submission refers to the style library
+PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")  # something may still be writing these
 
 
 def is_ignored(name: str) -> bool:
     """Files that are never ours: hidden, partial downloads, editor backups, temporaries."""
-    return name.startswith(".") or name.endswith((".part", ".tmp", "~", ".crdownload", ".swp"))
+    return name.startswith(".") or name.endswith((*PARTIAL_SUFFIXES, "~"))
+
+
+def is_litter(name: str) -> bool:
+    """Ignored files nobody is still writing (``.DS_Store``, ``x.jpg~``): they may go with an
+    emptied job folder."""
+    return is_ignored(name) and not name.endswith(PARTIAL_SUFFIXES)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One file in the inbox, as the watcher sees it. ``path`` is relative, with ``/``."""
+    """One file in the inbox, as the watcher sees it. ``path`` is relative, with ``/``; a folder
+    the watcher does not look into (an empty one, or one inside a job folder) ends with ``/``."""
 
     path: str
     complete: bool
@@ -69,11 +88,16 @@ class Submission:
 @dataclass
 class _Plan:
     ready: list[Submission] = field(default_factory=list)
-    owned: set[str] = field(default_factory=set)
+    owned: set[str] = field(default_factory=set)  # files of the ready submissions
+    waiting: set[str] = field(default_factory=set)  # files of submissions that wait: not leftovers
+    named: dict[str, str] = field(default_factory=dict)  # inbox file -> the standalone sidecar it belongs to
 
     def add(self, submission: Submission) -> None:
         self.ready.append(submission)
         self.owned.update(submission.files)
+
+    def wait(self, files: Iterable[str]) -> None:
+        self.waiting.update(files)
 
 
 def plan(
@@ -85,6 +109,7 @@ def plan(
     """The submissions that can be claimed now, given the inbox's files.
 
     ``sidecars`` holds what each complete sidecar names; ``library`` the style library's file names.
+    No two submissions of one plan share a file.
     """
     entries = {e.path: e for e in entries if not any(is_ignored(part) for part in e.path.split("/"))}
     library = set(library)
@@ -92,18 +117,18 @@ def plan(
     top = {p: e for p, e in entries.items() if "/" not in p}
     folders: dict[str, dict[str, Entry]] = defaultdict(dict)
     for path, entry in entries.items():
-        folder, _, rest = path.partition("/")
-        if rest:
-            folders[folder][rest] = entry
+        folder, slash, rest = path.partition("/")
+        if slash:
+            folders[folder][rest] = entry  # rest "" is the folder itself, reported while it is empty
 
     for path in sorted(top):
         refs = sidecars.get(path)
-        if refs is not None and refs.standalone and top[path].complete:
+        if refs is not None and refs.standalone and top[path].complete and path not in result.named:
             _standalone(path, refs, top, library, pair_timeout, result)
-    _pairs({p: e for p, e in top.items() if p not in result.owned}, sidecars, pair_timeout, result)
+    _pairs({p: e for p, e in top.items() if p not in result.named}, sidecars, pair_timeout, result)
     for name in sorted(folders):
         _folder(name, folders[name], pair_timeout, result)
-    for path in sorted(set(top) - result.owned):
+    for path in sorted(set(top) - result.owned - result.waiting - set(result.named)):
         _leftover(top[path], (sidecars.get(path) or SidecarRefs()).problem, pair_timeout, result)
     return result.ready
 
@@ -136,14 +161,22 @@ def _standalone(
                 problems.append(f"{role} {ref!r} is not a file name in the inbox or the style library")
             else:
                 out.append(resolved)
-    inbox_files = [c for c in (*contents, *styles) if not c.startswith(LIBRARY_PREFIX)]
-    missing = [f for f in inbox_files if f not in top]
-    files = (path, *dict.fromkeys(f for f in inbox_files if f in top))
+    inbox_files = dict.fromkeys(c for c in (*contents, *styles) if not c.startswith(LIBRARY_PREFIX))
+    problems += [
+        f"{f} is already used by {result.named[f]}: a file belongs to one job; name several contents or "
+        f"styles in one sidecar, or drop a copy under another name"
+        for f in inbox_files
+        if result.named.get(f, path) != path
+    ]
+    free = [f for f in inbox_files if result.named.get(f, path) == path]
+    result.named.update(dict.fromkeys((path, *free), path))
+    missing = [f for f in free if f not in top]
+    files = tuple(dict.fromkeys((path, *(f for f in free if f in top))))
     if not problems and missing:
         if not _waited_too_long([top[path]], pair_timeout):
             return  # the files it names may still be on their way
         problems.append(f"{', '.join(missing)} never arrived in the inbox (waited {pair_timeout:g} s)")
-    if not problems and not all(top[f].complete for f in files):
+    if not all(top[f].complete for f in files):
         return
     result.add(
         Submission(name, "sidecar", files, tuple(contents), tuple(styles), path, "; ".join(problems) or None)
@@ -165,6 +198,7 @@ def _resolve(ref: str, top: Mapping[str, Entry], library: set[str], allow_librar
 
 
 def _pairs(top: Mapping[str, Entry], sidecars: Mapping[str, SidecarRefs], pair_timeout: float, result: _Plan) -> None:
+    """Pairs among ``top``, the top-level files no standalone sidecar names."""
     groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for path in top:
         stem, role, suffix = _stem_and_role(path)
@@ -172,6 +206,7 @@ def _pairs(top: Mapping[str, Entry], sidecars: Mapping[str, SidecarRefs], pair_t
             groups[stem][role].append(path)
         elif role is None and suffix in SIDECAR_SUFFIXES and not (sidecars.get(path) or SidecarRefs()).standalone:
             groups[stem]["sidecar"].append(path)
+    taken = {_stem_and_role(f)[:2]: (f, sidecar) for f, sidecar in result.named.items()}
     for stem, roles in sorted(groups.items()):
         if not (roles["content"] or roles["style"]):
             continue  # a sidecar alone that names nothing: reported as a leftover
@@ -182,13 +217,19 @@ def _pairs(top: Mapping[str, Entry], sidecars: Mapping[str, SidecarRefs], pair_t
             if len(roles[role]) > 1:
                 problem = f"{stem} has {len(roles[role])} {role} images ({', '.join(roles[role])}): keep one"
         if not problem and not (roles["content"] and roles["style"]):
-            if not _waited_too_long(entries, pair_timeout):
-                continue
             have, want = ("content", "style") if roles["content"] else ("style", "content")
-            problem = (
-                f"{roles[have][0]} waited {pair_timeout:g} s for its partner {stem}.{want}.EXT, which never arrived"
-            )
-        if not problem and not all(e.complete for e in entries):
+            if (stem, want) in taken:
+                partner, sidecar = taken[(stem, want)]
+                problem = f"{roles[have][0]} has no partner: {partner} is used by {sidecar}"
+            elif not _waited_too_long(entries, pair_timeout):
+                result.wait(files)
+                continue
+            else:
+                problem = (
+                    f"{roles[have][0]} waited {pair_timeout:g} s for its partner {stem}.{want}.EXT, which never arrived"
+                )
+        if not all(e.complete for e in entries):
+            result.wait(files)
             continue
         sidecar = roles["sidecar"][0] if roles["sidecar"] else None
         result.add(
@@ -197,18 +238,30 @@ def _pairs(top: Mapping[str, Entry], sidecars: Mapping[str, SidecarRefs], pair_t
 
 
 def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: _Plan) -> None:
+    """A job folder. ``files`` maps paths inside it to entries: ``raw/`` is a subfolder, and ``""``
+    the folder itself, reported while it is empty."""
     images = sorted(f for f in files if "/" not in f and PurePosixPath(f).suffix.lower() in IMAGE_SUFFIXES)
     styles = [f for f in images if PurePosixPath(f).stem.lower().startswith("style")]
     contents = [f for f in images if f not in styles]
+    subfolders = sorted(f for f in files if f.endswith("/"))
     owned = tuple(f"{name}/{f}" for f in sorted(files))
     problem = None
-    if not styles or not contents:
+    if not files.keys() - {""}:
+        if not _waited_too_long(files.values(), pair_timeout):
+            return
+        problem = f"folder {name}/ is still empty after {pair_timeout:g} s: a job folder holds style.EXT and content images"
+    elif subfolders:
+        problem = (
+            f"folder {name}/ has the subfolder(s) {', '.join(f'{name}/{s}' for s in subfolders)}: a job folder holds "
+            f"its images directly; move them up into {name}/, or drop each subfolder as a job folder of its own"
+        )
+    elif not styles or not contents:
         if not _waited_too_long(files.values(), pair_timeout):
             return
         missing = "a style image (style.jpg, or style1.jpg, style2.jpg ... to blend)" if not styles else "a content image"
         problem = f"folder {name}/ has no {missing} after {pair_timeout:g} s"
-    elif not all(e.complete for e in files.values()):
-        return
+    if not all(e.complete for e in files.values()):
+        return  # refused or not, a folder is claimed whole
     sidecar = f"{name}/{FOLDER_SIDECAR}" if FOLDER_SIDECAR in files else None
     result.add(
         Submission(
@@ -223,6 +276,8 @@ def _leftover(entry: Entry, unreadable: str | None, pair_timeout: float, result:
 
     ``unreadable`` is why a sidecar could not be read: likely why it named nothing, so the reason.
     """
+    if not entry.complete:
+        return
     suffix = PurePosixPath(entry.path).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         if not _waited_too_long([entry], pair_timeout):
@@ -231,11 +286,9 @@ def _leftover(entry: Entry, unreadable: str | None, pair_timeout: float, result:
             f"{entry.path} belongs to no job after {pair_timeout:g} s: name images NAME.content.EXT and "
             f"NAME.style.EXT, put them in a folder with style.EXT, or name them in a sidecar's content:/style:"
         )
-    elif entry.complete:
+    else:  # waiting would not make it readable
         reason = (
             f"{entry.path} is not a file nst-batch reads: images must be {', '.join(IMAGE_SUFFIXES)}; "
             f"sidecars .yaml"
         )
-    else:
-        return
     result.add(Submission(_stem_and_role(entry.path)[0], "refused", (entry.path,), problem=reason))

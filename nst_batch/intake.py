@@ -8,71 +8,123 @@ to ``failed/``; nothing stays behind in the inbox unexplained.
 
 import hashlib
 import itertools
-from dataclasses import asdict
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
 from .claims import Folders, dispose_failure, move_in, unique_child
-from .config import Config
+from .config import Config, format_validation_error
 from .engine import StyleParams
 from .errors import InputError, NstBatchError
 from .imagefile import image_size
-from .inbox import LIBRARY_PREFIX, SidecarRefs, Submission, plan
-from .sidecar import Sidecar, load_sidecar
+from .inbox import LIBRARY_PREFIX, SIDECAR_SUFFIXES, SidecarRefs, Submission, is_ignored, plan
+from .outbox import gif_frame_every
+from .sidecar import Sidecar, SidecarJob, load_sidecar
 from .store import JobRecord, RunSpec, Store
 from .watcher import InboxWatcher
 from .yamlfile import load_yaml
+
+# A listing taken in the same clock tick as a change to the folder could miss that change while
+# the folder's mtime stays the same, so a listing is reused only once its mtime is this old.
+LISTING_TRUSTED_AFTER_S = 2.0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one tick did: how many submissions it claimed, and whether inbox files still wait."""
+
+    claimed: int
+    waiting: bool
 
 
 class Intake:
     def __init__(self, config: Config, folders: Folders, store: Store, watcher: InboxWatcher):
         self.config, self.folders, self.store, self.watcher = config, folders, store, watcher
         self._refs: dict[tuple[str, float, int], SidecarRefs] = {}
+        self._library_listing: tuple[int, list[str]] | None = None  # (the folder's mtime_ns, its names)
+        # Inbox files a failed job left behind (a read-only inbox): skipped until they change,
+        # or every tick would fail them again as a new job.
+        self._left_behind: dict[str, tuple[int, int]] = {}
 
     def recover(self) -> None:
-        """Finish claims a crash interrupted: move what is still in the inbox, then admit."""
+        """Finish claims a crash or an error interrupted. A failure that was decided is finished
+        with its reason; any other claim moves what is still in the inbox, then is admitted."""
         for job in self.store.jobs("claiming"):
-            move_in(self.folders, job.id, job.files)
-            self._admit(job)
+            if job.error:
+                self._fail(job, job.error)
+            else:
+                self._settle(job)
 
-    def tick(self) -> int:
-        """Claim every submission that is ready; return how many."""
-        entries = self.watcher.snapshot()
+    def tick(self) -> Scan:
+        """Finish interrupted claims, then claim every submission that is ready."""
+        self.recover()
+        self._left_behind = {p: s for p, s in self._left_behind.items() if _signature(self.folders.inbox / p) == s}
+        entries = [e for e in self.watcher.snapshot() if e.path not in self._left_behind]
         sidecars = {e.path: self._sidecar_refs(e.path) for e in entries if e.complete and _is_sidecar(e.path)}
         self._refs = {key: refs for key, refs in self._refs.items() if key[0] in sidecars}
         submissions = plan(entries, sidecars, self._library(), self.config.pair_timeout)
+        claimed: set[str] = set()
         for submission in submissions:
             self.claim(submission)
-        return len(submissions)
+            claimed.update(submission.files)
+        waiting = any(e.path not in claimed and e.path not in self._left_behind for e in entries)
+        return Scan(len(submissions), waiting)
 
     def claim(self, submission: Submission) -> int:
         spec = {k: v for k, v in asdict(submission).items() if k in ("contents", "styles", "problem")}
         job_id = self.store.begin_claim(submission.name, submission.kind, submission.files, submission.sidecar, spec)
-        missing = move_in(self.folders, job_id, submission.files)
-        job = self.store.job(job_id)
-        if missing:
-            self._fail(job, f"{', '.join(missing)} disappeared from the inbox before it could be claimed: drop it again")
-        else:
-            self._admit(job)
+        self.folders.job_dir(job_id).mkdir(parents=True, exist_ok=True)  # a failure always has a folder to report in
+        self._settle(self.store.job(job_id))
         return job_id
 
-    def _admit(self, job: JobRecord) -> None:
+    def _settle(self, job: JobRecord) -> None:
+        """Queue the job's runs or fail it with the reason. Only a failure to record the failure
+        escapes: the job stays ``claiming`` and the next tick tries again."""
+        try:
+            reason = self._admit(job)
+        except Exception as error:  # e.g. a read-only inbox: the job fails, not the intake
+            logger.bind(job=job.label).opt(exception=error).warning(f"claiming {job.name} failed")
+            reason = self._unexpected(job, error)
+        if reason is not None:
+            self._fail(job, reason)
+
+    def _admit(self, job: JobRecord) -> str | None:
+        """Move the job's files in and queue its runs; or the reason it cannot run."""
+        missing = move_in(self.folders, job.id, job.files)
+        if missing:
+            return f"{', '.join(missing)} disappeared from the inbox before it could be claimed: drop it again"
         try:
             runs, priority, name = self._runs(job)
         except NstBatchError as error:
-            self._fail(job, str(error))
-            return
-        taken = {j.outbox_name for j in self.store.all_jobs() if j.outbox_name}
-        outbox_name = unique_child(self.folders.outbox, name, taken).name
+            return str(error)
+        # Only a hint: the outbox resolves a name taken meanwhile when it publishes.
+        outbox_name = unique_child(self.folders.outbox, name).name
         self.store.queue(job.id, runs, priority, outbox_name, self._hashes(job))
         logger.bind(job=job.label).info(f"queued {job.name} ({job.kind}): {len(runs)} result(s), priority {priority}")
+        return None
+
+    def _unexpected(self, job: JobRecord, error: Exception) -> str:
+        reason = f"{job.name} could not be claimed: {type(error).__name__}: {error}"
+        left = [f for f in job.files if os.path.lexists(self.folders.inbox / f)]
+        if left:
+            reason += f"; still in the inbox: {', '.join(left)} (skipped until changed or dropped again)"
+        return reason
 
     def _fail(self, job: JobRecord, reason: str) -> None:
+        self.store.record_error(job.id, reason)  # first: recover() finishes this failure after a crash
         folder = dispose_failure(self.folders, job.id, job.name, reason)
         self.store.set_job_status(job.id, "failed", reason)
-        logger.bind(job=job.label).error(f"{job.name} failed: {reason} (inputs in {folder})")
+        for name in job.files:
+            if (signature := _signature(self.folders.inbox / name)) is not None:
+                self._left_behind[name] = signature
+        where = f"inputs in {folder}" if folder else "its folder had already gone to failed/"
+        logger.bind(job=job.label).error(f"{job.name} failed: {reason} ({where})")
 
     def _runs(self, job: JobRecord) -> tuple[list[RunSpec], int, str]:
         if job.spec.get("problem"):
@@ -84,7 +136,7 @@ class Intake:
         sidecar = load_sidecar(folder / job.sidecar, self.config.defaults) if job.sidecar else None
         contents, styles = job.spec["contents"], job.spec["styles"]
         for ref in (*contents, *styles):
-            image_size(self.input_path(job.id, ref), self.config.max_pixels)
+            image_size(self.folders.input_path(job.id, ref), self.config.max_pixels)
         style_groups = [tuple(styles)] if job.kind != "sidecar" else [(s,) for s in styles]
         combinations = sidecar.combinations() if sidecar else [({}, self.config.defaults)]
         runs = [
@@ -103,67 +155,79 @@ class Intake:
             if params.init not in ("content", "noise"):
                 if "/" in params.init or "\\" in params.init:
                     raise InputError(f"init {params.init!r}: name a file of the style library, without a folder")
-                image_size(self.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
+                image_size(self.folders.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
         _deduplicate_labels(runs)
         return runs, sidecar.priority if sidecar else 0, (sidecar.name if sidecar and sidecar.name else job.name)
-
-    def input_path(self, job_id: int, ref: str) -> Path:
-        """Where a job's input is: its claimed folder, or the style library (never outside it)."""
-        if ref.startswith(LIBRARY_PREFIX):
-            if self.config.styles_dir is None:
-                raise InputError(f"{ref} names the style library, but styles_dir is not set")
-            path = self.config.styles_dir / ref.removeprefix(LIBRARY_PREFIX)
-            if path.is_symlink() or not path.resolve().is_relative_to(self.config.styles_dir.resolve()):
-                raise InputError(f"{ref} is not a file inside the style library {self.config.styles_dir}")
-            return path
-        return self.folders.job_dir(job_id) / ref
 
     def _hashes(self, job: JobRecord) -> dict[str, str]:
         folder = self.folders.job_dir(job.id)
         return {name: _sha256(folder / name) for name in job.files if (folder / name).is_file()}
 
     def _library(self) -> list[str]:
-        styles = self.config.styles_dir
-        if styles is None or not styles.is_dir():
+        """The style library's file names, listed again only when the folder changed."""
+        styles = self.folders.styles
+        if styles is None:
             return []
-        return [p.name for p in styles.iterdir() if p.is_file() and not p.name.startswith(".")]
+        try:
+            mtime_ns = os.stat(styles).st_mtime_ns
+            if self._library_listing is not None and self._library_listing[0] == mtime_ns:
+                return self._library_listing[1]
+            with os.scandir(styles) as listing:
+                names = [e.name for e in listing if e.is_file(follow_symlinks=False) and not is_ignored(e.name)]
+        except OSError:
+            return []  # no library (yet)
+        if time.time_ns() - mtime_ns >= LISTING_TRUSTED_AFTER_S * 1e9:
+            self._library_listing = (mtime_ns, names)
+        return names
 
     def _sidecar_refs(self, path: str) -> SidecarRefs:
-        """What a sidecar names, cached by (path, mtime, size): it is read once, not every tick."""
+        """What a sidecar names, cached by (path, mtime, size): it is read once, not every tick.
+        A symbolic link is never read: what it points to may be outside the inbox."""
         file = self.folders.inbox / path
         try:
-            stat = file.stat()
+            info = os.lstat(file)
         except OSError:
             return SidecarRefs(problem=f"{path} cannot be read")
-        key = (path, stat.st_mtime, stat.st_size)
+        if stat.S_ISLNK(info.st_mode):
+            return SidecarRefs(problem=f"{path} is a symbolic link: copy the file itself into the inbox")
+        key = (path, info.st_mtime, info.st_size)
         if key not in self._refs:
             self._refs[key] = _read_refs(file)
         return self._refs[key]
 
 
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 def _is_sidecar(path: str) -> bool:
-    return "/" not in path and PurePosixPath(path).suffix.lower() in (".yaml", ".yml")
+    return "/" not in path and PurePosixPath(path).suffix.lower() in SIDECAR_SUFFIXES
 
 
 def _read_refs(file: Path) -> SidecarRefs:
+    """The files a sidecar names, read the way the sidecar model reads them (a name or a list)."""
     try:
         data = load_yaml(file)
     except NstBatchError as error:
         return SidecarRefs(problem=str(error))
-
-    def names(key: str) -> tuple[str, ...] | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        return tuple(str(v) for v in (value if isinstance(value, list) else [value]))
-
-    return SidecarRefs(content=names("content"), style=names("style"))
+    given = {key: data[key] for key in ("content", "style") if key in data}
+    try:
+        job = SidecarJob.model_validate(given)
+    except ValidationError as error:
+        return SidecarRefs(problem=format_validation_error(str(file), error, SidecarJob, given))
+    return SidecarRefs(
+        content=job.content if "content" in given else None, style=job.style if "style" in given else None
+    )
 
 
 def _stored_params(params: StyleParams, sidecar: Sidecar | None) -> dict[str, Any]:
     stored = params.model_dump(mode="json", exclude_unset=True)
-    if sidecar is not None and sidecar.gif and not params.frame_every:
-        stored["frame_every"] = max(1, params.iterations // 50)
+    if sidecar is not None and sidecar.gif:
+        stored["frame_every"] = gif_frame_every(params)
     return stored
 
 

@@ -6,7 +6,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 from loguru import logger
 
@@ -22,6 +21,7 @@ from .systemd import notify
 from .watcher import InboxWatcher
 
 BUSY_POLL_S = 0.5
+INTAKE_RESTART_S = 5.0  # a dead intake thread is restarted at most this often
 
 
 class Service:
@@ -34,30 +34,32 @@ class Service:
         self.store = Store(self.folders.state)
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
         self._intake_thread: threading.Thread | None = None
+        self._intake_started = 0.0
         self._last_ping = 0.0
+        self._stop_signal: int | None = None
+        self._stop_announced = False
 
     def serve(self) -> int:
         self._handle_signals()
         requeued = self.store.requeue_interrupted()
         if requeued:
             logger.info(f"{requeued} interrupted run(s) queued again; they resume from their checkpoints")
-        intake = Intake(self.config, self.folders, self.store, self.watcher)
-        self.runner = Runner(self.config, self.folders, self.store, intake.input_path, self._heartbeat)
+        self.runner = Runner(self.config, self.folders, self.store, self.folders.input_path, self._heartbeat)
         self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
         for job in self.store.jobs(*ACTIVE):
             self._finish_if_complete(job.id)
-        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
-        self._intake_thread.start()
+        self._start_intake()
         notify("READY=1", "STATUS=watching the inbox")
         logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
         while not self.stop.is_set():
-            run = next_run(self.store.queued_runs())
+            queued = self.store.queued_runs()
+            run = next_run(queued)
             if run is None:
                 self._idle()
                 continue
-            self._execute(run)
+            self._execute(run, len(queued) - 1)
+        self._announce_stop()
         notify("STOPPING=1")
-        logger.info("stopping: no new run starts")
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
         self.store.close()
@@ -65,33 +67,60 @@ class Service:
 
     def _handle_signals(self) -> None:
         def request_stop(signum, frame) -> None:
-            logger.info(f"{signal.Signals(signum).name} received: checkpointing and stopping")
+            # Events only: logging here could raise or deadlock if the interrupted code holds a
+            # sink's lock. The main thread says what happened (_announce_stop).
             self.stop.set()
             self.work.set()
             self.watcher.wake.set()  # the intake may be waiting up to rescan_seconds
+            self._stop_signal = signum
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
 
+    def _announce_stop(self) -> None:
+        """Log the stop request once, from the main thread (never from the signal handler)."""
+        if self.stop.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            cause = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
+            logger.info(f"{cause} received: stop requested; no new run starts, the running one checkpoints")
+
     # --- intake thread ---------------------------------------------------------------------
+
+    def _start_intake(self) -> None:
+        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        self._intake_started = time.monotonic()
+        self._intake_thread.start()
+
+    def _intake_alive(self) -> bool:
+        """Whether the intake thread runs; one that died is restarted (main thread only). While
+        it cannot be kept alive the watchdog is not fed, so systemd restarts the whole service."""
+        if self._intake_thread is None or self._intake_thread.is_alive() or self.stop.is_set():
+            return True
+        if time.monotonic() - self._intake_started < INTAKE_RESTART_S:
+            return False
+        logger.error("the intake thread stopped; restarting it")
+        self._start_intake()
+        return self._intake_thread.is_alive()
 
     def _intake_loop(self) -> None:
         store = Store(self.folders.state)  # a connection of its own: SQLite objects stay in their thread
-        intake = Intake(self.config, self.folders, store, self.watcher)
-        self.watcher.start()
         try:
-            intake.recover()
-            while not self.stop.is_set():
+            intake = Intake(self.config, self.folders, store, self.watcher)
+            while True:
+                self.watcher.wake.clear()  # before looking: a stop or an event from now on ends the wait below
+                if self.stop.is_set():
+                    break
                 waiting = False
                 try:
                     self.watcher.ensure_alive()
-                    if intake.tick():
+                    scan = intake.tick()  # finishes interrupted claims first
+                    if scan.claimed:
                         self.work.set()
-                    waiting = any(self.config.inbox.iterdir())
+                    waiting = scan.waiting
                 except Exception:  # nothing in the inbox, nor the inbox briefly gone, may stop the intake
                     logger.exception("intake failed; retrying at the next scan")
+                # Files that wait complete by time, not by an event: look again soon.
                 self.watcher.wake.wait(BUSY_POLL_S if waiting else self.config.rescan_seconds)
-                self.watcher.wake.clear()
         finally:
             store.close()
 
@@ -105,20 +134,22 @@ class Service:
         self.work.clear()
 
     def _heartbeat(self) -> None:
+        self._announce_stop()
+        if not self._intake_alive():
+            return
         now = time.monotonic()
         if now - self._last_ping >= 1.0:
             self._last_ping = now
             notify("WATCHDOG=1")
 
-    def _execute(self, run: RunRecord) -> None:
+    def _execute(self, run: RunRecord, others_queued: int) -> None:
         job = self.store.job(run.job_id)
         log = logger.bind(job=job.label)
         if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
             self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
             self._finish_if_complete(job.id)
             return
-        queued = len(self.store.queued_runs())
-        notify(f"STATUS=running {job.name} ({run.label}); {queued - 1} more queued")
+        notify(f"STATUS=running {job.name} ({run.label}); {others_queued} more queued")
         self.store.start_run(run)
         sink = self._job_log(job)
         started = time.monotonic()
@@ -161,20 +192,30 @@ class Service:
             single = runs[0].label if len(runs) == 1 else None
             folder = publish(staging, self.folders.outbox, job.outbox_name, self._job_json(job, runs), single)
             log.info(f"{job.name}: results in {folder}")
+        else:
+            self._keep_log(job_id)
         shutil.rmtree(staging, ignore_errors=True)
         for run in runs:
             self.folders.checkpoint(run.id).unlink(missing_ok=True)
         if failed:
             reason = "\n".join(f"{r.label}: {r.error}" for r in failed)
-            where = dispose_failure(self.folders, job_id, job.name, reason)
+            folder = dispose_failure(self.folders, job_id, job.name, reason)
             self.store.set_job_status(job_id, "failed", reason)
-            log.error(f"{job.name} failed ({len(failed)} of {len(runs)} results); inputs and error.txt in {where}")
+            where = f"inputs and error.txt in {folder}" if folder else "its folder had already gone to failed/"
+            log.error(f"{job.name} failed ({len(failed)} of {len(runs)} results); {where}")
         else:
             dispose_success(self.folders, job_id, job.name, self.config.on_success)
             self.store.set_job_status(job_id, "done")
 
+    def _keep_log(self, job_id: int) -> None:
+        """No result to publish: the job's log goes with its inputs (to failed/), not away."""
+        log = self.folders.staging_dir(job_id) / "log.txt"
+        inputs = self.folders.job_dir(job_id)
+        if log.exists() and inputs.is_dir():
+            shutil.move(log, inputs / "log.txt")  # the outbox and state_dir may be different filesystems
+
     def _job_json(self, job: JobRecord, runs: list[RunRecord]) -> dict:
-        network, weights = self.runner.network(self.config.defaults.backbone)
+        # The weights are per result (each run's summary): a sweep may change the backbone.
         return {
             "id": job.id,
             "name": job.name,
@@ -184,8 +225,6 @@ class Service:
             "created": job.created,
             "finished": time.time(),
             "device": str(self.runner.device),
-            "weights": weights.describe(),
-            "pretrained_weights": weights.pretrained,
             "versions": versions(),
             "results": [
                 {

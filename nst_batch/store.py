@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS runs (
     UNIQUE (job_id, idx)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
 """
 
 ACTIVE = ("queued", "running")
@@ -177,6 +178,11 @@ class Store:
                 "UPDATE jobs SET status='queued', priority=?, outbox_name=?, hashes=?, updated=? WHERE id=?",
                 (priority, outbox_name, json.dumps(hashes), time.time(), job_id),
             )
+
+    def record_error(self, job_id: int, error: str) -> None:
+        """Why a job is failing, before its files move: a claim interrupted after this is failed
+        with this reason."""
+        self.db.execute("UPDATE jobs SET error=?, updated=? WHERE id=?", (error, time.time(), job_id))
 
     def set_job_status(self, job_id: int, status: str, error: str | None = None) -> None:
         self.db.execute(

@@ -4,6 +4,9 @@ newer than its last change), or once its size and mtime stayed the same for
 ``settle_seconds``; a file in a folder also waits until no file came or went in that folder
 for ``settle_seconds``. Events can be lost (overflow, network filesystems, the daemon was
 down): the scan at start-up and the periodic rescans find those files all the same.
+
+The scan looks one folder deep. What it does not look into is still reported, as ``NAME/``, so
+that nothing in the inbox goes unexplained: an empty folder, and a folder inside a job folder.
 """
 
 import os
@@ -58,6 +61,8 @@ class InboxWatcher:
     # --- the observer, supervised -------------------------------------------------------
 
     def start(self) -> None:
+        if self._observer is not None and self._observer.is_alive():
+            return
         try:
             self._observer = self._start(PollingObserver(timeout=1) if self.kind == "polling" else Observer())
         except OSError as error:  # e.g. the inotify watch limit; the scans still find every file
@@ -71,14 +76,17 @@ class InboxWatcher:
         return observer
 
     def ensure_alive(self) -> None:
-        """Restart the observer if its thread died (the scans kept working meanwhile)."""
-        if self._observer is not None and not self._observer.is_alive():
+        """Start the observer, or restart it if its thread died (the scans kept working meanwhile)."""
+        if self._observer is None:
+            self.start()
+        elif not self._observer.is_alive():
             logger.warning("the inbox observer stopped; restarting it")
             self._stop_observer()
             self.start()
 
     def stop(self) -> None:
-        self._stop_observer()
+        if self._observer is not None:
+            self._stop_observer()
         self._observer = None
 
     def _stop_observer(self) -> None:
@@ -99,7 +107,8 @@ class InboxWatcher:
     # --- the scan ------------------------------------------------------------------------
 
     def snapshot(self) -> list[Entry]:
-        """Every file in the inbox (top level and one folder down), with whether it is complete."""
+        """Every file in the inbox (top level and one folder down) and every folder not looked
+        into, with whether it is complete."""
         now = time.monotonic()
         found = dict(self._scan())
         with self._lock:
@@ -109,7 +118,7 @@ class InboxWatcher:
         # next one appears, so a folder's files count only once its listing stopped changing.
         listings: dict[str, list[str]] = defaultdict(list)
         for path in found:
-            folder, _, name = path.rpartition("/")
+            folder, _, name = path.rstrip("/").rpartition("/")
             if folder:
                 listings[f"{folder}/"].append(name)
         folders_settled = {
@@ -120,7 +129,7 @@ class InboxWatcher:
         for path, (signature, mtime) in found.items():
             seen = self._track(path, signature, now)
             closed_after_writing = path in finished and mtime <= finished[path]
-            folder = path.rpartition("/")[0]
+            folder = path.rstrip("/").rpartition("/")[0]
             folder_settled = not folder or folders_settled[f"{folder}/"]
             complete = (closed_after_writing or self._settled(seen, now)) and folder_settled
             entries.append(Entry(path, complete, now - seen.first_seen))
@@ -151,12 +160,17 @@ class InboxWatcher:
         for item in items:
             if is_ignored(item.name):
                 continue
+            path = f"{prefix}{item.name}"
             try:
-                if item.is_dir(follow_symlinks=False):
-                    if depth > 0:
-                        yield from self._scan_folder(Path(item.path), f"{prefix}{item.name}/", depth - 1)
-                    continue
                 stat = item.stat(follow_symlinks=False)
+                is_folder = item.is_dir(follow_symlinks=False)
             except OSError:
                 continue  # vanished between listing and stat
-            yield f"{prefix}{item.name}", ((stat.st_size, stat.st_mtime_ns), stat.st_mtime)
+            signature = ((stat.st_size, stat.st_mtime_ns), stat.st_mtime)
+            if not is_folder:
+                yield path, signature
+                continue
+            inside = list(self._scan_folder(Path(item.path), f"{path}/", depth - 1)) if depth else []
+            # An empty folder, or one too deep to look into, is reported itself, so that it is
+            # refused; its size and mtime change whenever something is added to it or removed.
+            yield from inside or [(f"{path}/", signature)]

@@ -5,16 +5,25 @@ import os
 
 import pytest
 
-from nst_batch.claims import Folders, dispose_failure, move_in
+from nst_batch.claims import Folders, dispose_failure, dispose_success, move_in
 from nst_batch.config import Config
+from nst_batch.errors import InputError
 
 
 @pytest.fixture()
 def folders(tmp_path):
-    config = Config(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None)
+    config = Config(
+        inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=tmp_path / "styles"
+    )
     result = Folders(config)
     result.create()
     return result
+
+
+def claimed(folders, job_id, **files):
+    folders.job_dir(job_id).mkdir(parents=True)
+    for name, data in files.items():
+        (folders.job_dir(job_id) / name).write_bytes(data)
 
 
 def test_claim_across_filesystems_copies_then_removes(folders, monkeypatch):
@@ -55,3 +64,85 @@ def test_failed_inputs_never_overwrite_each_other(folders):
     assert (first.name, second.name) == ("cat", "cat-2")
     assert (second / "error.txt").read_text() == "not an image\n"
     assert (first / "x.png").read_bytes() == b"\x03"
+
+
+def test_a_folder_entry_moves_whole_even_across_filesystems(folders, monkeypatch):
+    (folders.inbox / "trip" / "raw").mkdir(parents=True)
+    (folders.inbox / "trip" / "raw" / "IMG.jpg").write_bytes(b"i")
+    real_rename = os.rename
+
+    def rename(source, destination):
+        if "inbox" in str(source):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    assert move_in(folders, 1, ["trip/raw/"]) == []
+    assert (folders.job_dir(1) / "trip" / "raw" / "IMG.jpg").read_bytes() == b"i"
+    assert list(folders.inbox.iterdir()) == []
+    assert [p.name for p in (folders.job_dir(1) / "trip").iterdir()] == ["raw"]  # no temporary copy left
+
+
+def test_an_emptied_job_folder_goes_with_its_litter_but_not_with_a_file_being_written(folders):
+    for folder, extra in (("trip", ".DS_Store"), ("busy", "next.jpg.part")):
+        (folders.inbox / folder).mkdir()
+        (folders.inbox / folder / "style.jpg").write_bytes(b"s")
+        (folders.inbox / folder / extra).write_bytes(b"x")
+    move_in(folders, 1, ["trip/style.jpg"])
+    move_in(folders, 2, ["busy/style.jpg"])
+    assert [p.name for p in folders.inbox.iterdir()] == ["busy"]
+    assert [p.name for p in (folders.inbox / "busy").iterdir()] == ["next.jpg.part"]
+
+
+def test_error_txt_is_written_before_the_rename_so_that_a_second_call_finishes_the_job(folders, monkeypatch):
+    claimed(folders, 5, **{"x.png": b"x"})
+    real_rename = os.rename
+
+    def crash(source, destination):
+        raise OSError(errno.EIO, "crash")
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(OSError):
+        dispose_failure(folders, 5, "cat", "bad sidecar")
+    assert (folders.job_dir(5) / "error.txt").read_text() == "bad sidecar\n"
+    assert list(folders.failed.iterdir()) == []  # no reservation left behind
+    monkeypatch.setattr(os, "rename", real_rename)
+    folder = dispose_failure(folders, 5, "cat", "bad sidecar")
+    assert folder == folders.failed / "cat"
+    assert sorted(p.name for p in folder.iterdir()) == ["error.txt", "x.png"]
+
+
+def test_disposing_again_after_the_rename_does_nothing(folders):
+    claimed(folders, 6, **{"x.png": b"x"})
+    assert dispose_failure(folders, 6, "cat", "bad") == folders.failed / "cat"
+    assert dispose_failure(folders, 6, "cat", "bad") is None  # a crash before the store recorded it
+    assert [p.name for p in folders.failed.iterdir()] == ["cat"]
+
+
+@pytest.mark.parametrize("dispose", ["failure", "success"])
+def test_a_name_another_thread_reserved_meanwhile_is_never_renamed_onto(folders, monkeypatch, dispose):
+    claimed(folders, 7, **{"x.png": b"x"})
+    parent = folders.failed if dispose == "failure" else folders.archive
+    (parent / "cat").mkdir()  # the other thread's reservation, made after any check for it
+    monkeypatch.setattr(os.path, "lexists", lambda path: False)
+    if dispose == "failure":
+        folder = dispose_failure(folders, 7, "cat", "bad")
+    else:
+        folder = dispose_success(folders, 7, "cat", "archive")
+    assert folder == parent / "cat-2" and (folder / "x.png").exists()
+    assert list((parent / "cat").iterdir()) == []
+
+
+def test_input_path_is_the_claimed_folder_or_a_file_of_the_style_library(folders, tmp_path):
+    folders.styles.mkdir()
+    (folders.styles / "starry.png").write_bytes(b"s")
+    (tmp_path / "secret.png").write_bytes(b"s")
+    (folders.styles / "link.png").symlink_to(tmp_path / "secret.png")
+    assert folders.input_path(3, "trip/a.jpg") == folders.job_dir(3) / "trip" / "a.jpg"
+    assert folders.input_path(3, "styles/starry.png") == folders.styles / "starry.png"
+    for ref in ("styles/link.png", "styles/../secret.png"):
+        with pytest.raises(InputError, match="not a file inside the style library"):
+            folders.input_path(3, ref)
+    folders.styles = None
+    with pytest.raises(InputError, match="styles_dir is not set"):
+        folders.input_path(3, "styles/starry.png")

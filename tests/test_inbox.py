@@ -53,6 +53,12 @@ def test_a_half_pair_waits_then_is_refused_after_pair_timeout_with_a_reason() ->
     assert "cat.style" in refused.problem and "never arrived" in refused.problem and "600" in refused.problem
 
 
+def test_a_complete_half_whose_partner_is_still_being_written_is_not_refused_as_a_leftover() -> None:
+    slow_copy = planned(entry("cat.content.jpg", waited=TIMEOUT * 2), entry("cat.style.jpg", complete=False, waited=TIMEOUT))
+    assert slow_copy == []
+    assert only(planned(entry("cat.content.jpg", waited=TIMEOUT * 2), entry("cat.style.jpg"))).problem is None
+
+
 def test_two_content_images_for_one_stem_are_refused_at_once() -> None:
     refused = only(planned(entry("cat.content.jpg"), entry("cat.content.png"), entry("cat.style.jpg")))
     assert set(refused.files) == {"cat.content.jpg", "cat.content.png", "cat.style.jpg"}
@@ -80,6 +86,21 @@ def test_a_folder_without_a_style_waits_then_is_refused() -> None:
     refused = only(planned(entry("dogs/a.jpg", waited=TIMEOUT), entry("dogs/b.jpg")))
     assert refused.kind == "folder" and set(refused.files) == {"dogs/a.jpg", "dogs/b.jpg"}
     assert "no a style image" in refused.problem
+
+
+def test_a_folder_with_a_subfolder_is_refused_whole_once_complete() -> None:
+    names = ("trip/style.jpg", "trip/a.jpg", "trip/raw/")
+    assert planned(entry("trip/style.jpg"), entry("trip/a.jpg"), entry("trip/raw/", complete=False)) == []
+    refused = only(planned(*(entry(n) for n in names)))
+    assert refused.kind == "folder" and set(refused.files) == set(names)
+    assert "trip/raw/" in refused.problem and "move them up into trip/" in refused.problem
+
+
+def test_an_empty_folder_waits_then_is_refused() -> None:
+    assert planned(entry("empty/", waited=TIMEOUT - 1)) == []
+    refused = only(planned(entry("empty/", waited=TIMEOUT)))
+    assert (refused.name, refused.kind, refused.files) == ("empty", "folder", ("empty/",))
+    assert "empty" in refused.problem and "style.EXT" in refused.problem
 
 
 # ---- standalone sidecars ----
@@ -115,6 +136,58 @@ def test_a_standalone_sidecar_without_a_style_is_refused_with_what_to_add() -> N
     refs = {"half.yaml": SidecarRefs(content=("me.jpg",))}
     refused = only(planned(entry("half.yaml"), entry("me.jpg"), sidecars=refs))
     assert "names no style" in refused.problem and "style: FILE" in refused.problem
+
+
+def test_two_sidecars_naming_one_file_the_first_wins_and_the_second_is_refused_at_once() -> None:
+    refs = {
+        "a.yaml": SidecarRefs(content=("me.jpg",), style=("starry.jpg",)),
+        "b.yaml": SidecarRefs(content=("me.jpg", "you.jpg"), style=("starry.jpg",)),
+    }
+    files = (entry("a.yaml"), entry("b.yaml"), entry("me.jpg"), entry("you.jpg"))
+    first, second = planned(*files, sidecars=refs, library=["starry.jpg"])
+    assert (first.sidecar, first.problem, set(first.files)) == ("a.yaml", None, {"a.yaml", "me.jpg"})
+    assert second.sidecar == "b.yaml" and set(second.files) == {"b.yaml", "you.jpg"}
+    assert "me.jpg is already used by a.yaml" in second.problem
+
+
+def test_a_sidecar_naming_half_of_a_pair_takes_it_and_the_other_half_is_refused_at_once() -> None:
+    refs = {"x.yaml": SidecarRefs(content=("cat.content.jpg",), style=("starry.jpg",))}
+    files = (entry("x.yaml"), entry("cat.content.jpg"), entry("cat.style.jpg"))
+    job, half = planned(*files, sidecars=refs, library=["starry.jpg"])
+    assert set(job.files) == {"x.yaml", "cat.content.jpg"} and job.problem is None
+    assert half.files == ("cat.style.jpg",)
+    assert "no partner" in half.problem and "cat.content.jpg is used by x.yaml" in half.problem
+
+
+def test_a_waiting_sidecar_keeps_the_files_it_names_from_a_pair() -> None:
+    refs = {"x.yaml": SidecarRefs(content=("cat.content.jpg", "later.jpg"), style=("starry.jpg",))}
+    files = (entry("x.yaml"), entry("cat.content.jpg"), entry("cat.style.jpg"))
+    half = only(planned(*files, sidecars=refs, library=["starry.jpg"]))  # x.yaml waits for later.jpg
+    assert half.files == ("cat.style.jpg",) and "cat.content.jpg is used by x.yaml" in half.problem
+
+
+def test_a_sidecar_refused_for_its_content_still_waits_for_its_files_to_be_complete() -> None:
+    refs = {"half.yaml": SidecarRefs(content=("me.jpg",))}
+    assert planned(entry("half.yaml"), entry("me.jpg", complete=False), sidecars=refs) == []
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("a.yaml", "b.yaml", "c.yaml", "me.jpg", "cat.content.jpg", "cat.style.jpg"),
+        ("b.yaml", "c.yaml", "cat.content.jpg", "cat.style.jpg", "cat.yaml"),
+    ],
+)
+def test_no_two_submissions_of_one_plan_share_a_file(names) -> None:
+    refs = {
+        "a.yaml": SidecarRefs(content=("me.jpg",), style=("cat.style.jpg",)),
+        "b.yaml": SidecarRefs(content=("cat.content.jpg", "me.jpg"), style=("starry.jpg",)),
+        "c.yaml": SidecarRefs(content=("c.yaml",), style=("cat.content.jpg",)),
+        "cat.yaml": SidecarRefs(),
+    }
+    submissions = plan([entry(n, waited=TIMEOUT) for n in names], refs, ["starry.jpg"], TIMEOUT)
+    owned = [f for s in submissions for f in s.files]
+    assert sorted(owned) == sorted(names)
 
 
 # ---- what is ignored or refused ----
@@ -164,7 +237,8 @@ def test_an_unreadable_sidecar_alone_is_refused_with_why_it_could_not_be_read() 
 def test_every_file_ends_in_exactly_one_submission() -> None:
     names = [
         "a.content.jpg", "a.style.jpg", "a.yaml", "b.content.jpg", "notes.txt", "stray.png",
-        "night.yaml", "me.jpg", "dogs/style.jpg", "dogs/x.jpg",
+        "night.yaml", "me.jpg", "dogs/style.jpg", "dogs/x.jpg", "trip/style.jpg", "trip/a.jpg", "trip/raw/",
+        "empty/",
     ]
     refs = {"a.yaml": SidecarRefs(), "night.yaml": SidecarRefs(content=("me.jpg",), style=("starry.jpg",))}
     submissions = plan([entry(n, waited=TIMEOUT) for n in names], refs, ["starry.jpg"], TIMEOUT)

@@ -1,13 +1,20 @@
 """Claiming a submission: what is queued, and what is refused at once with its reason."""
 
+import errno
+import os
+
 import pytest
 from PIL import Image
 
-from nst_batch.claims import Folders
+from nst_batch import intake as intake_module
+from nst_batch.claims import Folders, dispose_failure
 from nst_batch.config import Config
-from nst_batch.inbox import Submission
-from nst_batch.intake import Intake
+from nst_batch.engine import StyleParams
+from nst_batch.inbox import SidecarRefs, Submission
+from nst_batch.intake import Intake, Scan
+from nst_batch.outbox import gif_frame_every
 from nst_batch.store import Store
+from nst_batch.watcher import InboxWatcher
 
 
 @pytest.fixture()
@@ -59,3 +66,137 @@ def test_sweep_with_three_contents_names_each_result(intake):
     job_id = intake.claim(Submission("night", "sidecar", files, ("a.png", "b.png"), ("cat.style.png",), "night.yaml"))
     labels = [run.label for run in intake.store.runs(job_id)]
     assert labels == ["a_tv_weight=0", "a_tv_weight=0.001", "b_tv_weight=0", "b_tv_weight=0.001"]
+
+
+# ---- claims that go wrong, and recovery ----
+
+
+def pair_submission():
+    return Submission("cat", "pair", ("cat.content.png", "cat.style.png"), ("cat.content.png",), ("cat.style.png",))
+
+
+def scanning(intake):
+    intake.watcher = InboxWatcher(intake.config.inbox, settle_seconds=0)
+    return intake
+
+
+def test_an_inbox_that_cannot_be_changed_fails_the_job_once_and_leaves_no_claim(intake, monkeypatch):
+    real_rename = os.rename
+
+    def read_only_inbox(source, destination):
+        if str(intake.config.inbox) in str(source):
+            raise PermissionError(errno.EACCES, "Permission denied", str(source))
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", read_only_inbox)
+    scanning(intake).tick()
+    [job] = intake.store.all_jobs()
+    assert job.status == "failed" and "PermissionError" in job.error and "still in the inbox" in job.error
+    assert [p.name for p in (intake.folders.failed / "cat").iterdir()] == ["error.txt"]
+    scan = intake.tick()
+    assert len(intake.store.all_jobs()) == 1  # the files left behind are not claimed again every tick
+    assert scan == Scan(claimed=0, waiting=False)
+    for name in ("cat.content.png", "cat.style.png"):
+        os.utime(intake.config.inbox / name, ns=(1, 1))  # dropped again: tried again
+    intake.tick()
+    assert len(intake.store.all_jobs()) == 2
+
+
+def test_an_unreadable_input_fails_the_job_with_its_files_in_failed(intake, monkeypatch):
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(intake_module, "_sha256", unreadable)
+    job = intake.store.job(intake.claim(pair_submission()))
+    assert job.status == "failed" and "Permission denied" in job.error
+    failed = intake.folders.failed / "cat"
+    assert sorted(p.name for p in failed.iterdir()) == ["cat.content.png", "cat.style.png", "error.txt"]
+    assert intake.store.jobs("claiming") == []
+
+
+def test_a_claim_left_claiming_is_finished_at_the_next_tick(intake):
+    job_id = intake.store.begin_claim("cat", "pair", pair_submission().files, None,
+                                      {"contents": ["cat.content.png"], "styles": ["cat.style.png"], "problem": None})
+    scanning(intake).tick()
+    assert intake.store.job(job_id).status == "queued"
+    assert len(intake.store.all_jobs()) == 1  # the recovered claim, not a second job for the same files
+
+
+def test_a_failure_interrupted_after_its_rename_is_finished_without_a_second_folder(intake):
+    job_id = intake.store.begin_claim("cat", "pair", pair_submission().files, None, {"problem": "bad"})
+    intake.store.record_error(job_id, "bad")
+    for name in pair_submission().files:
+        intake.folders.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+        os.rename(intake.config.inbox / name, intake.folders.job_dir(job_id) / name)
+    dispose_failure(intake.folders, job_id, "cat", "bad")  # then the daemon died
+    scanning(intake).tick()
+    job = intake.store.job(job_id)
+    assert (job.status, job.error) == ("failed", "bad")
+    assert [p.name for p in intake.folders.failed.iterdir()] == ["cat"]
+
+
+def test_claiming_never_lists_every_job(intake, monkeypatch):
+    monkeypatch.setattr(intake.store, "all_jobs", lambda: pytest.fail("all_jobs grows without bound"))
+    (intake.folders.outbox / "cat").mkdir()
+    job = intake.store.job(intake.claim(pair_submission()))
+    assert (job.status, job.outbox_name) == ("queued", "cat-2")
+
+
+def test_a_gif_keeps_frames_at_the_rate_nst_batch_run_uses(intake):
+    job = claim_with_sidecar(intake, "gif: true\niterations: 100\nscales: 2\n")
+    frame_every = intake.store.runs(job.id)[0].params["frame_every"]
+    assert frame_every == gif_frame_every(StyleParams(iterations=100, scales=2)) == 4  # 200 iterations, ~50 frames
+
+
+# ---- what a tick sees ----
+
+
+def test_a_tick_says_whether_files_still_wait_and_ignored_files_do_not_count(intake):
+    for name in ("cat.content.png", "cat.style.png"):
+        (intake.config.inbox / name).unlink()
+    (intake.config.inbox / ".DS_Store").write_bytes(b"x")
+    assert scanning(intake).tick() == Scan(claimed=0, waiting=False)
+    Image.new("RGB", (20, 10), "red").save(intake.config.inbox / "dog.content.png")
+    assert intake.tick() == Scan(claimed=0, waiting=True)  # a half pair waits for its partner
+    Image.new("RGB", (20, 10), "red").save(intake.config.inbox / "dog.style.png")
+    assert intake.tick() == Scan(claimed=1, waiting=False)
+
+
+def test_a_sidecar_that_is_a_symbolic_link_is_never_read(intake, tmp_path):
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("content: cat.content.png\nstyle: cat.style.png\n")
+    (intake.config.inbox / "night.yaml").symlink_to(outside)
+    refs = intake._sidecar_refs("night.yaml")
+    assert refs.content is None and refs.problem == "night.yaml is a symbolic link: copy the file itself into the inbox"
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "style"),
+    [
+        ("content: a.png\nstyle: [b.png, c.png]\n", ("a.png",), ("b.png", "c.png")),
+        ("iterations: 5\n", None, None),
+        ("style: b.png\n", None, ("b.png",)),
+    ],
+)
+def test_a_sidecar_names_files_as_the_sidecar_model_reads_them(intake, text, content, style):
+    (intake.config.inbox / "night.yaml").write_text(text)
+    assert intake._sidecar_refs("night.yaml") == SidecarRefs(content=content, style=style)
+
+
+@pytest.mark.parametrize("text", ["content: 12\nstyle: b.png\n", "content: {a: 1}\nstyle: b.png\n", "content: [a.png, [b]]\n"])
+def test_a_sidecar_naming_files_with_the_wrong_type_is_a_problem_not_a_name(intake, text):
+    (intake.config.inbox / "night.yaml").write_text(text)
+    refs = intake._sidecar_refs("night.yaml")
+    assert refs.content is None and "night.yaml" in refs.problem and "content" in refs.problem
+
+
+def test_the_style_library_is_listed_again_only_when_it_changed(intake):
+    styles = intake.config.styles_dir
+    long_ago = (10**18, 10**18)  # 2001: a listing of then can be trusted
+    os.utime(styles, ns=long_ago)
+    assert intake._library() == ["start.png"]
+    (styles / "new.png").write_bytes(b"x")
+    os.utime(styles, ns=long_ago)  # as if unchanged: the listing is not taken again
+    assert intake._library() == ["start.png"]
+    os.utime(styles)
+    assert sorted(intake._library()) == ["new.png", "start.png"]

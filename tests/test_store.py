@@ -132,3 +132,14 @@ def test_the_database_is_in_wal_mode_and_readable_by_a_second_connection(store: 
         assert [j.name for j in other.all_jobs()] == ["cat"]
     finally:
         other.close()
+
+
+def test_finding_claiming_jobs_uses_an_index_not_a_scan_of_every_job(store: Store) -> None:
+    plan = store.db.execute("EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE status IN ('claiming')").fetchall()
+    assert any("jobs_by_status" in row["detail"] for row in plan), [row["detail"] for row in plan]
+
+
+def test_a_failure_is_recorded_before_the_job_leaves_claiming(store: Store) -> None:
+    job_id = store.begin_claim("cat", "pair", ["a"], None, {})
+    store.record_error(job_id, "bad sidecar")
+    assert [(j.status, j.error) for j in store.jobs("claiming")] == [("claiming", "bad sidecar")]

@@ -58,3 +58,23 @@ def test_a_dead_observer_is_restarted_and_events_wake_the_intake(tmp_path, kind)
         wait_for(watcher.wake.is_set)
     finally:
         watcher.stop()
+
+
+def test_a_folder_it_does_not_look_into_is_reported_as_a_folder(tmp_path):
+    (tmp_path / "trip" / "raw").mkdir(parents=True)
+    (tmp_path / "trip" / "raw" / "IMG.jpg").write_bytes(b"1")
+    (tmp_path / "trip" / "style.jpg").write_bytes(b"1")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "litter").mkdir()
+    (tmp_path / "litter" / ".DS_Store").write_bytes(b"1")
+    paths = sorted(e.path for e in InboxWatcher(tmp_path, 0).snapshot())
+    assert paths == ["empty/", "litter/", "trip/raw/", "trip/style.jpg"]
+
+
+def test_a_subfolder_counts_once_its_job_folder_settled(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0.3)
+    (tmp_path / "trip" / "raw").mkdir(parents=True)
+    (tmp_path / "trip" / "style.jpg").write_bytes(b"1")
+    assert not entry(watcher, "trip/raw/").complete
+    time.sleep(0.35)
+    assert entry(watcher, "trip/raw/").complete
