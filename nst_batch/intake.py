@@ -11,7 +11,7 @@ import itertools
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -135,8 +135,7 @@ class Intake:
                 raise InputError(f"{name} is a symbolic link: copy the file itself into the inbox")
         sidecar = load_sidecar(folder / job.sidecar, self.config.defaults) if job.sidecar else None
         contents, styles = job.spec["contents"], job.spec["styles"]
-        for ref in (*contents, *styles):
-            image_size(self.folders.input_path(job.id, ref), self.config.max_pixels)
+        sizes = {ref: image_size(self.folders.input_path(job.id, ref), self.config.max_pixels) for ref in (*contents, *styles)}
         style_groups = [tuple(styles)] if job.kind != "sidecar" else [(s,) for s in styles]
         combinations = sidecar.combinations() if sidecar else [({}, self.config.defaults)]
         runs = [
@@ -146,6 +145,7 @@ class Intake:
                 styles=group,
                 params=_stored_params(params, sidecar),
                 varying=varying,
+                content_size=sizes[content],
             )
             for content, group, (varying, params) in itertools.product(contents, style_groups, combinations)
         ]
@@ -257,7 +257,7 @@ def _deduplicate_labels(runs: list[RunSpec]) -> None:
         count = seen.get(run.label, 0) + 1
         seen[run.label] = count
         if count > 1:
-            runs[i] = RunSpec(f"{run.label}-{count}", run.content, run.styles, run.params, run.varying)
+            runs[i] = replace(run, label=f"{run.label}-{count}")
 
 
 def _sha256(path: Path) -> str:

@@ -71,8 +71,12 @@ class Need:
 
 
 def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) -> Need:
-    """The needs of a run of ``params`` on a content image of (width, height) pixels."""
-    height, width = fit_long_side(content_size[1], content_size[0], params.image_size)
+    """The needs of a run of ``params`` on a content image of (width, height) pixels.
+
+    An unknown size (0, 0) is taken as square: the most a given image_size can need.
+    """
+    width, height = content_size if all(content_size) else (1, 1)
+    height, width = fit_long_side(height, width, params.image_size)
     layers = (*params.content_layer_names, *params.style_layer_names)
     names = LAYERS[params.backbone]
     deepest = max(layers, key=names.index)

@@ -2,6 +2,7 @@
 checkpoint every N iterations, stop when asked, and leave its files in the job's staging folder.
 The network of each backbone is loaded once and kept."""
 
+import gc
 import json
 import threading
 import time
@@ -28,8 +29,11 @@ PROGRESS_EVERY_S = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | stopped | failed | retry
+    status: str  # done | stopped | failed | retry | out_of_memory
     error: str | None = None
+    iterations: int = 0  # done by the end, all scales together
+    last_scale_iterations: int = 0  # how deep the L-BFGS history got
+    seconds: float = 0.0
 
 
 class Runner:
@@ -37,23 +41,28 @@ class Runner:
         self,
         config: Config,
         folders: Folders,
-        store: Store,
         input_path: Callable[[int, str], Path],
         heartbeat: Callable[[], None] = lambda: None,
     ):
-        self.config, self.folders, self.store = config, folders, store
+        self.config, self.folders = config, folders
         self.input_path = input_path
         self.heartbeat = heartbeat
         self.device = resolve_device(config.device)
         self._networks: dict[str, tuple[Network, WeightsInfo]] = {}
+        self._loading = threading.Lock()  # several runs may ask for a new backbone at once
 
     def network(self, backbone: str) -> tuple[Network, WeightsInfo]:
+        with self._loading:
+            return self._network(backbone)
+
+    def _network(self, backbone: str) -> tuple[Network, WeightsInfo]:
         if backbone not in self._networks:
             model = self.config.model
             self._networks[backbone] = load_model(backbone, str(model.weights), model.weights_format, self.device)
         return self._networks[backbone]
 
-    def run(self, job: JobRecord, run: RunRecord, stop: threading.Event) -> Outcome:
+    def run(self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store) -> Outcome:
+        """One run, reporting progress into ``store`` (the calling thread's connection)."""
         log = logger.bind(job=job.label)
         params = StyleParams.model_validate(run.params)
         checkpoint = self.folders.checkpoint(run.id)
@@ -70,13 +79,25 @@ class Runner:
             else:
                 log.info(f"{run.label}: starting ({params.iterations * params.scales} iterations on {self.device})")
             frames: list[torch.Tensor] = []
-            on_progress = self._progress(run, stop, checkpoint, frames)
+            on_progress = self._progress(run, stop, checkpoint, frames, store)
             result = stylize(network, content, styles, params, init_image=init, callback=on_progress, resume=resume)
         except NstBatchError as error:  # the input or the parameters: retrying cannot help
             return Outcome("failed", str(error))
         except Exception as error:
-            log.exception(f"{run.label}: unexpected error")
-            return Outcome("retry", f"{type(error).__name__}: {error}")
+            if not _out_of_memory(error):
+                log.exception(f"{run.label}: unexpected error")
+                return Outcome("retry", f"{type(error).__name__}: {error}")
+            shortage = f"out of memory: {str(error).splitlines()[0][:300]}"
+        else:
+            shortage = None
+        if shortage is not None:
+            # Outside the except block: the traceback, whose frames hold the run's tensors, is gone.
+            frames = result = None
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning(f"{run.label}: {shortage}")
+            return Outcome("out_of_memory", shortage)
         if result.interrupted:
             _save_checkpoint(checkpoint, result.state)
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint saved")
@@ -87,9 +108,9 @@ class Runner:
             return Outcome("retry", f"could not write the result: {error}")
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
-        return Outcome("done")
+        return Outcome("done", None, final.iteration, final.iteration - result.scale_starts[-1], final.elapsed_s)
 
-    def _progress(self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list) -> Callable:
+    def _progress(self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store) -> Callable:
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
@@ -101,7 +122,7 @@ class Runner:
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
-                self.store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
+                store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
                 self.heartbeat()
             return stop.is_set()
 
@@ -134,6 +155,13 @@ def _json(data) -> str:
 def _save_checkpoint(path: Path, state: RunState) -> None:
     with atomic_path(path) as temp:
         torch.save(state.to_dict(), temp)
+
+
+def _out_of_memory(error: Exception) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text  # the CPU allocator's words
 
 
 def _load_checkpoint(path: Path) -> RunState | None:

@@ -57,7 +57,3 @@ def admit(queued: Sequence[Candidate], running: Sequence[Active], budget: int, m
         free -= run.need_bytes  # started, or reserved for when enough memory is free
     return started
 
-
-def next_run(queued: Sequence[Candidate]) -> Candidate | None:
-    """The run at the head of the queue."""
-    return min(queued, key=queue_order, default=None)

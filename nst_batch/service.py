@@ -1,6 +1,7 @@
 """`nst-batch serve`: the main loop. An intake thread turns inbox files into queued runs; the
-main thread runs them one at a time, finishes each job (outbox, archive or failed/) and talks
-to systemd. SIGTERM or SIGINT: no new run starts, the running one checkpoints, exit 0."""
+main thread starts as many as fit the device (scheduler, capacity) on worker threads, settles
+each when it ends, finishes each job (outbox, archive or failed/) and talks to systemd.
+SIGTERM or SIGINT: no new run starts, the running ones checkpoint, exit 0."""
 
 import shutil
 import signal
@@ -14,11 +15,13 @@ from .config import Config
 from .engine import StyleParams
 from .intake import Intake
 from .outbox import publish, versions
+from .capacity import Capacity
 from .runner import Runner
-from .scheduler import next_run
+from .scheduler import Active, Candidate, admit
 from .store import ACTIVE, JobRecord, RunRecord, Store
 from .systemd import notify
 from .watcher import InboxWatcher
+from .workers import Work, Workers
 
 BUSY_POLL_S = 0.5
 INTAKE_RESTART_S = 5.0  # a dead intake thread is restarted at most this often
@@ -44,22 +47,31 @@ class Service:
         requeued = self.store.requeue_interrupted()
         if requeued:
             logger.info(f"{requeued} interrupted run(s) queued again; they resume from their checkpoints")
-        self.runner = Runner(self.config, self.folders, self.store, self.folders.input_path, self._heartbeat)
-        self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
+        self.runner = Runner(self.config, self.folders, self.folders.input_path, self._heartbeat)
+        network, _ = self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
+        self.capacity = Capacity(self.config, self.runner.device)
+        if self.config.scheduler.calibrate:
+            self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
+        self.workers = Workers(self.runner, self.folders, self.stop, self.work.set)
         for job in self.store.jobs(*ACTIVE):
             self._finish_if_complete(job.id)
         self._start_intake()
         notify("READY=1", "STATUS=watching the inbox")
         logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
         while not self.stop.is_set():
-            queued = self.store.queued_runs()
-            run = next_run(queued)
-            if run is None:
+            for work in self.workers.finished():
+                self._settle(work)
+            if not self._dispatch() and not self.workers.active:
                 self._idle()
-                continue
-            self._execute(run, len(queued) - 1)
+            else:
+                self._heartbeat()
+                self.work.wait(BUSY_POLL_S)
+                self.work.clear()
         self._announce_stop()
         notify("STOPPING=1")
+        self.workers.join()  # each running run sees the stop, checkpoints and returns
+        for work in self.workers.finished():
+            self._settle(work)
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
         self.store.close()
@@ -142,42 +154,66 @@ class Service:
             self._last_ping = now
             notify("WATCHDOG=1")
 
-    def _execute(self, run: RunRecord, others_queued: int) -> None:
-        job = self.store.job(run.job_id)
-        log = logger.bind(job=job.label)
-        if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
-            self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
-            self._finish_if_complete(job.id)
-            return
-        notify(f"STATUS=running {job.name} ({run.label}); {others_queued} more queued")
-        self.store.start_run(run)
-        sink = self._job_log(job)
-        started = time.monotonic()
-        try:
-            outcome = self.runner.run(job, run, self.stop)
-        finally:
-            logger.remove(sink)
+    def _dispatch(self) -> int:
+        """Start every queued run that fits now; return how many started."""
+        queued = []
+        for run in self.store.queued_runs():
+            if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
+                self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
+                self._finish_if_complete(run.job_id)
+            elif (run := self._fitted(run)) is not None:
+                queued.append(run)
+        if not queued:
+            return 0
+        needs = {run.id: self.capacity.need(self.store, run) for run in queued}
+        candidates = [Candidate(r.id, r.job_id, r.idx, r.priority, needs[r.id], r.alone) for r in queued]
+        active = [Active(w.run.id, w.need_bytes, w.run.alone) for w in self.workers.active]
+        chosen = admit(candidates, active, self.capacity.budget, self.capacity.max_concurrent)
+        by_id = {run.id: run for run in queued}
+        for run_id in chosen:
+            run = by_id[run_id]
+            self.store.start_run(run)
+            self.workers.start(Work(self.store.job(run.job_id), self.store.run(run_id), needs[run_id]))
+        if chosen:
+            labels = ", ".join(w.run.label for w in self.workers.active)
+            notify(f"STATUS=running {labels}; {len(queued) - len(chosen)} more queued")
+        return len(chosen)
+
+    def _fitted(self, run: RunRecord) -> RunRecord | None:
+        """The run, changed by the too_big policy if it cannot fit even alone; None if refused."""
+        fit = self.capacity.fit_alone(self.store, run)
+        log = logger.bind(job=f"job-{run.job_id}")
+        if fit.refusal is not None:
+            self.store.fail_run(run.id, fit.refusal, retry=False)
+            log.error(f"{run.label}: {fit.refusal}")
+            self._finish_if_complete(run.job_id)
+            return None
+        if fit.warning is not None:
+            self.store.change_params(run.id, fit.params.model_dump(mode="json", exclude_unset=True), fit.warning)
+            log.warning(f"{run.label}: {fit.warning}")
+            return self.store.run(run.id)
+        return run
+
+    def _settle(self, work: Work) -> None:
+        """Record how a run ended; finish its job if it was the last."""
+        run, outcome = work.run, work.outcome
+        log = logger.bind(job=work.job.label)
+        if outcome.status in ("done", "out_of_memory") and not work.shared and work.peak_bytes:
+            last_scale = outcome.last_scale_iterations if outcome.status == "done" else 10**6
+            self.capacity.learn(self.store, run, work.peak_bytes, outcome.iterations, last_scale, outcome.seconds)
         if outcome.status == "done":
-            self.store.finish_run(run.id, time.monotonic() - started, None)
+            self.store.finish_run(run.id, outcome.seconds, work.peak_bytes or None)
         elif outcome.status == "stopped":
             self.store.requeue_run(run.id)
+        elif outcome.status == "out_of_memory":
+            retry = run.attempts < self.config.max_attempts  # the record was read after this attempt began
+            self.store.retry_alone(run.id, outcome.error, retry)
+            log.warning(f"{run.label}: {outcome.error}" + ("; it will run again alone" if retry else ""))
         else:
-            retry = outcome.status == "retry" and run.attempts + 1 < self.config.max_attempts
+            retry = outcome.status == "retry" and run.attempts < self.config.max_attempts
             self.store.fail_run(run.id, outcome.error, retry=retry)
             log.warning(f"{run.label}: {outcome.error}" + (" (will retry)" if retry else ""))
-        self._finish_if_complete(job.id)
-
-    def _job_log(self, job: JobRecord) -> int:
-        staging = self.folders.staging_dir(job.id)
-        staging.mkdir(parents=True, exist_ok=True)
-        return logger.add(
-            staging / "log.txt",
-            level="INFO",
-            format="{time:YYYY-MM-DD HH:mm:ss} {level: <7} {message}",
-            filter=lambda record: record["extra"].get("job") == job.label,
-            backtrace=False,
-            diagnose=False,
-        )
+        self._finish_if_complete(run.job_id)
 
     def _finish_if_complete(self, job_id: int) -> None:
         """Publish a job whose runs have all ended; move its inputs to the archive or failed/."""
@@ -235,6 +271,7 @@ class Service:
                     "styles": list(r.styles),
                     "varying": r.varying,
                     "attempts": r.attempts,
+                    "warning": r.warning,
                     "params": StyleParams.model_validate(r.params).explicit(),
                 }
                 for r in runs

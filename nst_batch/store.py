@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .memory import Need, Sample
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,7 +51,24 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,
     peak_bytes INTEGER,
     error TEXT,
+    content_width INTEGER NOT NULL DEFAULT 0,
+    content_height INTEGER NOT NULL DEFAULT 0,
+    alone INTEGER NOT NULL DEFAULT 0,   -- retried after running out of memory: runs with nothing beside it
+    warning TEXT,                       -- e.g. how the too_big policy changed its parameters
     UNIQUE (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS memory_samples (  -- measured runs and probes: what the memory model learns from
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    exact_bytes INTEGER NOT NULL,
+    activation_bytes INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    peak_bytes INTEGER NOT NULL,
+    seconds_per_iteration REAL NOT NULL,
+    source TEXT NOT NULL,               -- probe | run
+    created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
@@ -99,7 +118,15 @@ class RunRecord:
     seconds: float | None
     peak_bytes: int | None
     error: str | None
+    content_width: int
+    content_height: int
+    alone: bool
+    warning: str | None
     priority: int = 0  # the job's, for the scheduler
+
+    @property
+    def content_size(self) -> tuple[int, int]:
+        return self.content_width, self.content_height
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,7 @@ class RunSpec:
     styles: tuple[str, ...]
     params: dict[str, Any]
     varying: dict[str, Any]
+    content_size: tuple[int, int] = (0, 0)  # (width, height) of the content image
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -126,6 +154,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
     data["styles"] = tuple(json.loads(data["styles"]))
     data["params"] = json.loads(data["params"])
     data["varying"] = json.loads(data["varying"])
+    data["alone"] = bool(data["alone"])
     return RunRecord(**data)
 
 
@@ -167,10 +196,11 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM runs WHERE job_id = ?", (job_id,))
             db.executemany(
-                "INSERT INTO runs (job_id, idx, label, status, content, styles, params, varying) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "INSERT INTO runs (job_id, idx, label, status, content, styles, params, varying, content_width, "
+                "content_height) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params), json.dumps(r.varying))
+                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params),
+                     json.dumps(r.varying), *r.content_size)
                     for i, r in enumerate(runs)
                 ],
             )
@@ -213,6 +243,13 @@ class Store:
         rows = self.db.execute("SELECT * FROM runs WHERE job_id=? ORDER BY idx", (job_id,))
         return [_run(r) for r in rows]
 
+    def run(self, run_id: int) -> RunRecord:
+        row = self.db.execute(
+            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id WHERE runs.id=?",
+            (run_id,),
+        ).fetchone()
+        return _run(row)
+
     def queued_runs(self) -> list[RunRecord]:
         """Runs waiting, with their job's priority, in arrival order."""
         rows = self.db.execute(
@@ -250,6 +287,39 @@ class Store:
     def requeue_run(self, run_id: int) -> None:
         """Back to the queue without counting an attempt (the daemon is stopping)."""
         self.db.execute("UPDATE runs SET status='queued', attempts=MAX(attempts-1, 0) WHERE id=?", (run_id,))
+
+    def change_params(self, run_id: int, params: dict[str, Any], warning: str) -> None:
+        """The too_big policy's new parameters for a run, and the warning that says why."""
+        self.db.execute("UPDATE runs SET params=?, warning=? WHERE id=?", (json.dumps(params), warning, run_id))
+
+    def retry_alone(self, run_id: int, error: str, retry: bool) -> None:
+        """After running out of memory: queued again (if attempts remain) to run with nothing beside it."""
+        self.db.execute(
+            "UPDATE runs SET status=?, error=?, alone=1, finished=? WHERE id=?",
+            ("queued" if retry else "failed", error, None if retry else time.time(), run_id),
+        )
+
+    # --- what the memory model learns from ---------------------------------------------------
+
+    def add_sample(self, device: str, backbone: str, sample: Sample, source: str) -> None:
+        need = sample.need
+        self.db.execute(
+            "INSERT INTO memory_samples (device, backbone, exact_bytes, activation_bytes, height, width, peak_bytes, "
+            "seconds_per_iteration, source, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, backbone, need.exact_bytes, need.activation_bytes, need.height, need.width, sample.peak_bytes,
+             sample.seconds_per_iteration, source, time.time()),
+        )
+
+    def samples(self, device: str, backbone: str, limit: int = 200) -> list[Sample]:
+        """The most recent samples measured on this kind of device with this backbone."""
+        rows = self.db.execute(
+            "SELECT * FROM memory_samples WHERE device=? AND backbone=? ORDER BY id DESC LIMIT ?", (device, backbone, limit)
+        )
+        return [
+            Sample(Need(r["exact_bytes"], r["activation_bytes"], r["height"], r["width"]), r["peak_bytes"],
+                   r["seconds_per_iteration"])
+            for r in rows
+        ]
 
     # --- reporting ------------------------------------------------------------------------
 

@@ -5,32 +5,49 @@ import signal
 import threading
 
 import pytest
+import torch
 from loguru import logger
 
 from nst_batch import service as service_module
 from nst_batch.config import Config
 from nst_batch.runner import Outcome
+from nst_batch.capacity import Capacity
 from nst_batch.service import INTAKE_RESTART_S, Service
 from nst_batch.store import RunSpec
+from nst_batch.workers import Workers
 
 
 class FakeRunner:
     """Runs nothing: logs a line for the job and returns the outcome it was given."""
 
-    device = "cpu"
+    device = torch.device("cpu")
 
     def __init__(self, outcome: Outcome):
         self.outcome = outcome
 
-    def run(self, job, run, stop):
+    def run(self, job, run, stop, store):
         logger.bind(job=job.label).info(f"{run.label}: pretending to run")
         return self.outcome
+
+
+def run_queue(service: Service, outcome: Outcome) -> None:
+    """The main loop's work without serve(): start what fits, wait, settle."""
+    service.runner = FakeRunner(outcome)
+    service.capacity = Capacity(service.config, service.runner.device)
+    service.workers = Workers(service.runner, service.folders, service.stop, service.work.set)
+    while service._dispatch() or service.workers.active:
+        service.workers.join()
+        for work in service.workers.finished():
+            service._settle(work)
 
 
 @pytest.fixture()
 def service(tmp_path, monkeypatch):
     monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # never replace pytest's handlers
-    config = Config(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None)
+    config = Config(
+        inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None,
+        scheduler={"calibrate": False},
+    )
     service = Service(config)
     yield service
     service.stop.set()
@@ -92,9 +109,9 @@ def test_serve_gives_the_runner_the_folders_input_path(service, monkeypatch):
     made = {}
 
     class Runner:
-        device = "cpu"
+        device = torch.device("cpu")
 
-        def __init__(self, config, folders, store, input_path, heartbeat):
+        def __init__(self, config, folders, input_path, heartbeat):
             made["input_path"] = input_path
 
         def network(self, backbone):
@@ -106,15 +123,12 @@ def test_serve_gives_the_runner_the_folders_input_path(service, monkeypatch):
     assert made["input_path"] == service.folders.input_path
 
 
-def test_a_run_is_executed_with_the_queue_length_it_was_given(service, monkeypatch):
+def test_a_started_run_is_reported_and_its_job_published(service, monkeypatch):
     job_id = queued_job(service)
-    [run] = service.store.queued_runs()
     statuses = []
     monkeypatch.setattr(service_module, "notify", lambda *fields: statuses.extend(fields))
-    monkeypatch.setattr(service.store, "queued_runs", lambda: pytest.fail("the main loop has just listed the queue"))
-    service.runner = FakeRunner(Outcome("done"))
-    service._execute(run, 4)
-    assert "STATUS=running cat (cat); 4 more queued" in statuses
+    run_queue(service, Outcome("done"))
+    assert "STATUS=running cat; 0 more queued" in statuses
     assert service.store.job(job_id).status == "done"
     record = service.folders.outbox / "cat" / "job.json"
     text = record.read_text()
@@ -123,9 +137,7 @@ def test_a_run_is_executed_with_the_queue_length_it_was_given(service, monkeypat
 
 def test_when_every_run_fails_the_log_goes_to_failed_with_the_inputs(service):
     job_id = queued_job(service)
-    [run] = service.store.queued_runs()
-    service.runner = FakeRunner(Outcome("failed", "not an image"))
-    service._execute(run, 0)
+    run_queue(service, Outcome("failed", "not an image"))
     assert service.store.job(job_id).status == "failed"
     failed = service.folders.failed / "cat"
     assert sorted(p.name for p in failed.iterdir()) == ["cat.content.png", "error.txt", "log.txt"]

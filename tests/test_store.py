@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nst_batch.scheduler import next_run
+from nst_batch.scheduler import queue_order
 from nst_batch.store import RunSpec, Store
 
 
@@ -110,7 +110,8 @@ def test_higher_priority_runs_first_then_arrival_order(store: Store) -> None:
     urgent = queued_job(store, "urgent", runs=2, priority=10)
     late = queued_job(store, "late")
     order = []
-    while (run := next_run(store.queued_runs())) is not None:
+    while queued := store.queued_runs():
+        run = min(queued, key=queue_order)
         order.append((run.job_id, run.idx))
         store.start_run(run)
         store.finish_run(run.id, 0.1, None)

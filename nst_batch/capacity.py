@@ -1,0 +1,71 @@
+"""What the device can hold: its memory budget, the memory model fitted to it, what each queued
+run needs, and what to do with a run that cannot fit even alone.
+
+The model is fitted (``memory.fit``) from the samples in the job database: the probes measured
+at start-up and every run that ran alone since, on this kind of device and backbone.
+"""
+
+import torch
+from loguru import logger
+
+from .calibration import device_key, free_bytes, measured_need, probe
+from .config import Config
+from .engine import Network, StyleParams
+from .memory import Fit, MemoryModel, Sample, fit, make_fit, run_need
+from .store import RunRecord, Store
+
+GPU_CONCURRENCY = 4
+
+
+class Capacity:
+    def __init__(self, config: Config, device: torch.device):
+        self.config = config
+        self.device = device
+        self.device_key = device_key(device)
+        self.budget = self._budget()
+        self.max_concurrent = config.scheduler.max_concurrent or (GPU_CONCURRENCY if device.type == "cuda" else 1)
+        self._models: dict[str, MemoryModel] = {}
+
+    def _budget(self) -> int:
+        settings = self.config.scheduler
+        free = free_bytes(self.device)
+        if settings.memory_budget is None:
+            return max(0, free - settings.reserve)
+        if self.device.type == "cuda":  # make the cap real, not only a scheduling assumption
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_budget / total), self.device)
+        return int(settings.memory_budget)
+
+    def calibrate(self, store: Store, network: Network, backbone: str) -> None:
+        """Short probe runs on this device, kept as samples the model is fitted to."""
+        for sample in probe(network, self.device, StyleParams(backbone=backbone)):
+            store.add_sample(self.device_key, backbone, sample, "probe")
+        self._models.pop(backbone, None)
+        model = self.model(store, backbone)
+        logger.info(
+            f"memory model for {backbone} on {self.device_key}: {model.constant_bytes / 2**20:.0f} MiB + "
+            f"{model.per_activation:.2f} x activations; budget {self.budget / 2**30:.2f} GiB, "
+            f"{self.max_concurrent} run(s) at once"
+        )
+
+    def model(self, store: Store, backbone: str) -> MemoryModel:
+        if backbone not in self._models:
+            self._models[backbone] = fit(store.samples(self.device_key, backbone))
+        return self._models[backbone]
+
+    def need(self, store: Store, run: RunRecord) -> int:
+        params = StyleParams.model_validate(run.params)
+        return self.model(store, params.backbone).peak(run_need(params, run.content_size, len(run.styles)))
+
+    def fit_alone(self, store: Store, run: RunRecord) -> Fit:
+        """The run as it is if it fits the budget alone, else changed by the too_big policy, or refused."""
+        params = StyleParams.model_validate(run.params)
+        model = self.model(store, params.backbone)
+        return make_fit(params, run.content_size, len(run.styles), model, self.budget, self.config.scheduler.too_big)
+
+    def learn(self, store: Store, run: RunRecord, peak_bytes: int, iterations: int, last_scale: int, seconds: float) -> None:
+        """Keep what a run measured alone, so later predictions account for it."""
+        params = StyleParams.model_validate(run.params)
+        need = measured_need(params, run.content_size, len(run.styles), max(1, last_scale))
+        store.add_sample(self.device_key, params.backbone, Sample(need, peak_bytes, seconds / max(1, iterations)), "run")
+        self._models.pop(params.backbone, None)

@@ -1,0 +1,93 @@
+"""The threads that run admitted runs, side by side on one device.
+
+Each run gets a thread of its own, with its own database connection, and its peak memory
+measured. A peak is only worth learning from when the run had the device to itself, so each
+piece of work remembers whether another one ran beside it. The main thread starts work and
+collects what has finished; only it touches the job logs' sinks.
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from .calibration import PeakMeter
+from .claims import Folders
+from .runner import Outcome, Runner
+from .store import JobRecord, RunRecord, Store
+
+
+@dataclass
+class Work:
+    job: JobRecord
+    run: RunRecord
+    need_bytes: int
+    shared: bool = False  # another run was on the device at some point: its peak says little
+    outcome: Outcome | None = None
+    peak_bytes: int = 0
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+class Workers:
+    def __init__(self, runner: Runner, folders: Folders, stop: threading.Event, on_finished: Callable[[], None]):
+        self.runner, self.folders, self.stop = runner, folders, stop
+        self.on_finished = on_finished
+        self.active: list[Work] = []
+        self._sinks: dict[int, tuple[int, int]] = {}  # job id -> (loguru sink, runs using it)
+
+    def start(self, work: Work) -> None:
+        for other in self.active:
+            other.shared = True
+        work.shared = bool(self.active)
+        self._open_log(work.job)
+        work.thread = threading.Thread(target=self._run, args=(work,), name=f"run-{work.run.id}", daemon=True)
+        self.active.append(work)
+        work.thread.start()
+
+    def finished(self) -> list[Work]:
+        done = [work for work in self.active if not work.thread.is_alive()]
+        for work in done:
+            self.active.remove(work)
+            self._close_log(work.job)
+        return done
+
+    def join(self) -> None:
+        for work in list(self.active):
+            work.thread.join()
+
+    def _run(self, work: Work) -> None:
+        store = Store(self.folders.state)
+        try:
+            with PeakMeter(self.runner.device) as meter:
+                work.outcome = self.runner.run(work.job, work.run, self.stop, store)
+            work.peak_bytes = meter.peak_bytes
+        except Exception as error:  # a bug, not the run's fault: report it as a retry
+            logger.bind(job=work.job.label).exception(f"{work.run.label}: worker failed")
+            work.outcome = Outcome("retry", f"{type(error).__name__}: {error}")
+        finally:
+            store.close()
+            self.on_finished()
+
+    def _open_log(self, job: JobRecord) -> None:
+        sink, users = self._sinks.get(job.id, (None, 0))
+        if sink is None:
+            staging = self.folders.staging_dir(job.id)
+            staging.mkdir(parents=True, exist_ok=True)
+            sink = logger.add(
+                staging / "log.txt",
+                level="INFO",
+                format="{time:YYYY-MM-DD HH:mm:ss} {level: <7} {message}",
+                filter=lambda record, label=job.label: record["extra"].get("job") == label,
+                backtrace=False,
+                diagnose=False,
+            )
+        self._sinks[job.id] = (sink, users + 1)
+
+    def _close_log(self, job: JobRecord) -> None:
+        sink, users = self._sinks[job.id]
+        if users > 1:
+            self._sinks[job.id] = (sink, users - 1)
+        else:
+            logger.remove(sink)
+            del self._sinks[job.id]

@@ -1,0 +1,134 @@
+"""Several runs side by side on one device, out-of-memory errors, and runs too big to fit:
+the real runner and engine on tiny images, the service's loop without serve()."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from nst_batch import runner as runner_module
+from nst_batch.capacity import Capacity
+from nst_batch.config import Config
+from nst_batch.runner import Runner
+from nst_batch.service import Service
+from nst_batch.store import RunSpec
+from nst_batch.workers import Workers
+
+real_stylize = runner_module.stylize
+
+
+def make_service(tmp_path, monkeypatch, **scheduler) -> Service:
+    monkeypatch.setattr("signal.signal", lambda signum, handler: None)
+    config = Config(
+        inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None,
+        model={"weights": "random"}, max_attempts=2,
+        defaults={"image_size": 32, "iterations": 2, "seed": 0, "early_stop_tol": 0},
+        scheduler={"calibrate": False, **scheduler},
+    )
+    service = Service(config)
+    service.runner = Runner(config, service.folders, service.folders.input_path)
+    service.capacity = Capacity(config, service.runner.device)
+    service.workers = Workers(service.runner, service.folders, service.stop, service.work.set)
+    return service
+
+
+def queue_job(service: Service, name: str) -> int:
+    job_id = service.store.begin_claim(name, "pair", [f"{name}.content.png", f"{name}.style.png"], None, {})
+    folder = service.folders.job_dir(job_id)
+    folder.mkdir(parents=True)
+    Image.linear_gradient("L").resize((40, 30)).convert("RGB").save(folder / f"{name}.content.png")
+    Image.effect_noise((24, 24), 60).convert("RGB").save(folder / f"{name}.style.png")
+    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
+    spec = RunSpec(name, f"{name}.content.png", (f"{name}.style.png",), params, {}, content_size=(40, 30))
+    service.store.queue(job_id, [spec], 0, name, {})
+    return job_id
+
+
+def run_until_settled(service: Service, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while service._dispatch() or service.workers.active:
+        assert time.monotonic() < deadline, "runs did not finish in time"
+        service.work.wait(0.2)
+        service.work.clear()
+        for work in service.workers.finished():
+            service._settle(work)
+
+
+def test_out_of_memory_in_one_of_three_concurrent_runs_is_retried_alone(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_concurrent=3)
+    jobs = [queue_job(service, name) for name in ("one", "two", "three")]
+    unlucky = service.store.runs(jobs[1])[0].id
+    together = threading.Barrier(3, timeout=60)
+    calls = []
+
+    def flaky_stylize(*args, **kwargs):
+        me = threading.current_thread().name
+        first_attempt = all(name != me for name, _ in calls)
+        calls.append((me, len(service.workers.active)))
+        if first_attempt:
+            together.wait()  # all three are on the device at once
+            if me == f"run-{unlucky}":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_stylize(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "stylize", flaky_stylize)
+    run_until_settled(service)
+
+    assert [service.store.job(j).status for j in jobs] == ["done", "done", "done"]
+    assert sorted(p.name for p in service.folders.outbox.iterdir() if not p.name.startswith(".")) == ["one", "three", "two"]
+    retried = service.store.run(unlucky)
+    assert retried.attempts == 2 and retried.alone
+    assert calls[-1] == (f"run-{unlucky}", 1)  # its retry had the device to itself
+    result = json.loads((service.folders.outbox / "two" / "job.json").read_text())["results"][0]
+    assert result["attempts"] == 2 and result["status"] == "done"
+    service.store.close()
+
+
+def test_out_of_memory_every_time_ends_in_failed_with_the_reason(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_concurrent=2)
+    doomed, fine = queue_job(service, "doomed"), queue_job(service, "fine")
+    doomed_thread = f"run-{service.store.runs(doomed)[0].id}"
+
+    def stylize(*args, **kwargs):
+        if threading.current_thread().name == doomed_thread:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9999999999 bytes")
+        return real_stylize(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "stylize", stylize)
+    run_until_settled(service)
+    assert service.store.job(fine).status == "done"
+    assert service.store.job(doomed).status == "failed"
+    error = (service.folders.failed / "doomed" / "error.txt").read_text()
+    assert "out of memory" in error and "can't allocate memory" in error
+    service.store.close()
+
+
+@pytest.mark.parametrize("policy", ["downscale", "adam", "lbfgs_history"])
+def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, monkeypatch, policy):
+    service = make_service(tmp_path, monkeypatch, memory_budget="600MiB", too_big=policy)
+    job = queue_job(service, "big")
+    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
+    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, "iterations": 1}, None)
+    run_until_settled(service)
+    result = json.loads((service.folders.outbox / "big" / "job.json").read_text())["results"][0]
+    assert result["status"] == "done" and "the budget is 0.59 GiB" in result["warning"]
+    changed = {"downscale": "image_size", "adam": "optimizer", "lbfgs_history": "lbfgs_history"}[policy]
+    assert changed in result["warning"]
+    params = result["params"]
+    assert {"downscale": params["image_size"] < 256, "adam": params["optimizer"] == "adam",
+            "lbfgs_history": params["lbfgs_history"] < 100}[policy]
+    service.store.close()
+
+
+def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, memory_budget="600MiB", too_big="fail")
+    job = queue_job(service, "big")
+    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
+    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256}, None)
+    run_until_settled(service)
+    error = (service.folders.failed / "big" / "error.txt").read_text()
+    assert "the memory budget is 0.59 GiB" in error and "it would fit with" in error and "image_size:" in error
+    service.store.close()
