@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
+    estimate = commands.add_parser("estimate", help="predicted peak memory and time of a job, or of the queue")
+    estimate.add_argument("--content", type=Path, help="the content image")
+    estimate.add_argument("--style", type=Path, action="append", default=[], help="a style image (repeat for several)")
+    estimate.add_argument("--queue", action="store_true", help="estimate everything queued instead")
+    estimate.add_argument("--json", action="store_true", help="machine-readable output (peak_bytes, seconds)")
+    _add_config_options(estimate)
+    _add_param_options(estimate)
+    estimate.set_defaults(handler=_estimate)
+
     validate = commands.add_parser("validate", help="check a config file or a sidecar; exit 0 if valid, 2 if not")
     validate.add_argument("file", type=Path)
     validate.set_defaults(handler=_validate)
@@ -136,6 +145,22 @@ def _status(args: argparse.Namespace) -> int:
 
     report = status.gather(load_config(args.config, args.overrides))
     print(status.as_json(report) if args.json else status.render(report))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from . import estimate
+    from .config import load_config, params_with_overrides
+
+    config = load_config(args.config, args.overrides)
+    if args.queue:
+        figures, what = estimate.queue(config), "queue"
+    else:
+        if args.content is None or not args.style:
+            raise NstBatchError("estimate needs --content and --style (or --queue)")
+        params = params_with_overrides(config.defaults, _given_params(args), source="command line")
+        figures, what = estimate.one_job(config, params, args.content, args.style), "job"
+    print(estimate.as_json(figures) if args.json else estimate.render(figures, what))
     return 0
 
 

@@ -162,6 +162,15 @@ def _line(xs: Sequence[float], ys: Sequence[float], prior_intercept: float, prio
     return mean_y - slope * mean_x, slope
 
 
+def run_seconds(params: StyleParams, content_size: tuple[int, int], n_styles: int, model: MemoryModel) -> float:
+    """Predicted seconds for the whole run: each scale's iterations at that scale's cost."""
+    return sum(
+        params.iterations
+        * model.seconds_per_iteration(run_need(params.with_overrides({"image_size": size}), content_size, n_styles))
+        for size in params.scale_sizes
+    )
+
+
 # --- what to do with a run that cannot fit even alone ---------------------------------------
 
 POLICIES = ("lbfgs_history", "adam", "downscale", "fail")
@@ -230,6 +239,8 @@ def _gib(n_bytes: float) -> str:
 
 
 def describe_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
     minutes, _ = divmod(int(seconds + 59), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if hours else f"{minutes} min"

@@ -6,10 +6,12 @@ piece of work remembers whether another one ran beside it. The main thread start
 collects what has finished; only it touches the job logs' sinks.
 """
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from loguru import logger
 
 from .calibration import PeakMeter
@@ -59,7 +61,7 @@ class Workers:
     def _run(self, work: Work) -> None:
         store = Store(self.folders.state)
         try:
-            with PeakMeter(self.runner.device) as meter:
+            with PeakMeter(self.runner.device) as meter, _own_stream(self.runner.device):
                 work.outcome = self.runner.run(work.job, work.run, self.stop, store)
             work.peak_bytes = meter.peak_bytes
         except Exception as error:  # a bug, not the run's fault: report it as a retry
@@ -91,3 +93,10 @@ class Workers:
         else:
             logger.remove(sink)
             del self._sinks[job.id]
+
+
+def _own_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """On a GPU, a CUDA stream of the run's own: runs on the default stream would wait for each other."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))

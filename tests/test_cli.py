@@ -145,3 +145,23 @@ def test_fetch_weights_malformed_url_is_one_line(capsys, monkeypatch, tmp_path):
     assert main(["fetch-weights", "--url", "example.org/vgg19.pth"]) == 2
     err = capsys.readouterr().err
     assert "could not download example.org/vgg19.pth" in err and "Traceback" not in err
+
+
+def test_estimate_one_job_grows_with_the_image_and_reads_the_queue(images, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("scheduler:\n  memory_budget: 1GiB\n")
+    base = ["estimate", "--config", str(config), "--content", str(images / "content.png"), "--style", str(images / "style.jpg")]
+
+    def figures(*extra):
+        assert main([*base, *extra, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    small, large = figures("--image-size", "256"), figures("--image-size", "1024")
+    assert large["peak_bytes"] > 4 * small["peak_bytes"] * 0.8 and large["seconds"] > small["seconds"]
+    assert (large["width"], large["height"]) == (1024, 512) and large["budget_bytes"] == 1 << 30
+    assert small["fits"] and not large["fits"] and not small["calibrated"]
+
+    assert main(["estimate", "--config", str(config), "--queue"]) == 0
+    assert "0 run(s) queued" in capsys.readouterr().out
+    assert main(["estimate", "--config", str(config)]) == 2
+    assert "needs --content and --style" in capsys.readouterr().err
