@@ -76,6 +76,25 @@ class SchedulerConfig(BaseModel):
     calibrate: bool = Field(True, description="measure the device with two short probe runs at start-up")
 
 
+class PerformanceConfig(BaseModel):
+    """How the engine runs fast; `auto` turns a switch on only where it was measured to keep quality."""
+
+    model_config = FROZEN
+
+    autocast: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="network precision: auto (bf16 for Adam on a bf16 CPU) | off | bf16 | fp16"
+    )
+    channels_last: bool = Field(False, description="channels-last memory layout for the network")
+    threads: int | None = Field(None, ge=1, le=512, description="CPU threads; null = every core this process may use")
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution for each image size")
+    tf32: bool = Field(False, description="TF32 matmuls and convolutions on GPUs that have them")
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _off_is_false(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads an unquoted `off` as false
+
+
 class LogConfig(BaseModel):
     """Where the daemon logs, and how much."""
 
@@ -128,6 +147,7 @@ class Config(BaseModel):
     output_format: Literal["png", "jpg"] = Field("png", description="png | jpg")
     model: ModelConfig = Field(default_factory=ModelConfig, description="network weights")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="memory-aware scheduling")
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="speed switches")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
     defaults: StyleParams = Field(
         default_factory=StyleParams, description="engine parameters of every job; a sidecar overrides them"

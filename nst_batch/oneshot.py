@@ -8,6 +8,8 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from . import tuning
+from .config import PerformanceConfig
 from .engine import Progress, Result, StyleParams, resolve_device, stylize
 from .errors import InputError
 from .imagefile import WRITE_SUFFIXES, read_image
@@ -27,6 +29,7 @@ class OneShot:
     gif: Path | None = None
     loss_log: bool = True
     max_pixels: int = 50_000_000
+    performance: PerformanceConfig = PerformanceConfig()
 
     @property
     def loss_log_path(self) -> Path:
@@ -54,6 +57,8 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     if job.gif is not None:
         params = params.with_overrides({"frame_every": gif_frame_every(params)})
     device = resolve_device(job.device)
+    tuning.apply(job.performance, device)
+    speed = tuning.choose_speed(job.performance, params.optimizer, device.type, tuning.cpu_has_bf16())
     network, weights = load_model(params.backbone, job.weights, job.weights_format, device)
     logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
 
@@ -68,10 +73,10 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
             bar.n = progress.iteration
             bar.set_postfix(loss=f"{progress.losses.total:.4g}", scale=f"{progress.scale + 1}/{progress.scales}")
 
-        result = stylize(network, content, styles, params, init_image=init, callback=on_progress)
+        result = stylize(network, content, styles, params, init_image=init, callback=on_progress, speed=speed)
 
     losses = job.loss_log_path if job.loss_log else None
-    extra = {"content": job.content.name, "styles": [p.name for p in job.styles]}
+    extra = {"content": job.content.name, "styles": [p.name for p in job.styles], "precision": speed.autocast or "fp32"}
     write_result(result, params, weights, job.output, losses, job.gif, frames, extra)
     for stop in result.early_stops:
         logger.info(stop.describe())

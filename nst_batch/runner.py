@@ -16,7 +16,8 @@ from loguru import logger
 from .atomicio import atomic_path, atomic_write
 from .claims import Folders
 from .config import Config
-from .engine import Network, Progress, RunState, StyleParams, WeightsInfo, resolve_device, stylize
+from . import tuning
+from .engine import Network, Progress, RunState, Speed, StyleParams, WeightsInfo, resolve_device, stylize
 from .errors import NstBatchError
 from .imagefile import read_image
 from .model import load_model
@@ -48,12 +49,16 @@ class Runner:
         self.input_path = input_path
         self.heartbeat = heartbeat
         self.device = resolve_device(config.device)
+        self._cpu_bf16 = tuning.cpu_has_bf16()
         self._networks: dict[str, tuple[Network, WeightsInfo]] = {}
         self._loading = threading.Lock()  # several runs may ask for a new backbone at once
 
     def network(self, backbone: str) -> tuple[Network, WeightsInfo]:
         with self._loading:
             return self._network(backbone)
+
+    def speed(self, params: StyleParams) -> Speed:
+        return tuning.choose_speed(self.config.performance, params.optimizer, self.device.type, self._cpu_bf16)
 
     def _network(self, backbone: str) -> tuple[Network, WeightsInfo]:
         if backbone not in self._networks:
@@ -80,7 +85,10 @@ class Runner:
                 log.info(f"{run.label}: starting ({params.iterations * params.scales} iterations on {self.device})")
             frames: list[torch.Tensor] = []
             on_progress = self._progress(run, stop, checkpoint, frames, store)
-            result = stylize(network, content, styles, params, init_image=init, callback=on_progress, resume=resume)
+            speed = self.speed(params)
+            result = stylize(
+                network, content, styles, params, init_image=init, callback=on_progress, resume=resume, speed=speed
+            )
         except NstBatchError as error:  # the input or the parameters: retrying cannot help
             return Outcome("failed", str(error))
         except Exception as error:
@@ -144,6 +152,7 @@ class Runner:
             "early_stop": [s.describe() for s in result.early_stops] or None,
             "weights": weights.describe(),
             "pretrained_weights": weights.pretrained,
+            "precision": self.speed(params).autocast or "fp32",
         }
         atomic_write(files.summary, _json(summary))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from nst_batch.config import Config, LogConfig, ModelConfig, SchedulerConfig, load_config, params_with_overrides, validate_file
+from nst_batch.config import Config, LogConfig, ModelConfig, PerformanceConfig, SchedulerConfig, load_config, params_with_overrides, validate_file
 from nst_batch.engine.params import StyleParams
 from nst_batch.errors import ConfigError
 from nst_batch.sidecar import Sidecar, load_sidecar, sidecar_from_mapping
@@ -47,14 +47,14 @@ def test_example_is_valid_and_shows_the_defaults() -> None:
     assert config == Config.model_validate({}, context={"base_dir": EXAMPLE.parent})
 
 
-@pytest.mark.parametrize("model", [Config, ModelConfig, SchedulerConfig, LogConfig, StyleParams])
+@pytest.mark.parametrize("model", [Config, ModelConfig, SchedulerConfig, PerformanceConfig, LogConfig, StyleParams])
 def test_example_documents_every_field(model: type[BaseModel]) -> None:
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     for name in model.model_fields:
         at = [i for i, line in enumerate(lines) if re.match(rf"\s*{name}:", line)]
         assert at, f"config.example.yaml does not show {model.__name__}.{name}"
         commented = "#" in lines[at[0]] or lines[at[0] - 1].strip().startswith("#")
-        is_section = issubclass(model, Config) and name in ("model", "scheduler", "log", "defaults")
+        is_section = issubclass(model, Config) and name in ("model", "scheduler", "performance", "log", "defaults")
         assert commented or is_section, f"config.example.yaml does not explain {model.__name__}.{name}"
 
 

@@ -5,12 +5,12 @@
 """
 
 from .devices import resolve_device
-from .features import FeatureExtractor, Network
+from .features import FeatureExtractor, Network, Speed
 from .optimize import EarlyStop, LossRecord, Progress, Result, RunState, stylize
 from .params import StyleParams
 from .weights import WeightsInfo, fetch_weights, imagenet_file, load_network
 
 __all__ = [
-    "EarlyStop", "FeatureExtractor", "LossRecord", "Network", "Progress", "Result", "RunState", "StyleParams",
+    "EarlyStop", "FeatureExtractor", "LossRecord", "Network", "Progress", "Result", "RunState", "Speed", "StyleParams",
     "WeightsInfo", "fetch_weights", "imagenet_file", "load_network", "resolve_device", "stylize",
 ]

@@ -27,6 +27,20 @@ class Normalization:
     bgr: bool = False  # ...and BGR channel order
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the network runs: in reduced precision (``"bf16"``/``"fp16"`` autocast) and/or in
+    channels-last layout. The features always come back in fp32, so Gram matrices and losses,
+    where fp16 overflows, stay in full precision."""
+
+    autocast: str | None = None
+    channels_last: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[self.autocast]
+
+
 TORCHVISION = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 CAFFE = Normalization(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
 
@@ -87,8 +101,10 @@ class FeatureExtractor(nn.Module):
     pooling can share one loaded backbone.
     """
 
-    def __init__(self, network: Network, layers: Iterable[str], pooling: str = "max"):
+    def __init__(self, network: Network, layers: Iterable[str], pooling: str = "max", speed: Speed = Speed()):
         super().__init__()
+        self.speed = speed
+        self.device_type = network.device.type
         wanted = set(layers)
         names = list(network.layers)
         unknown = wanted - set(names)
@@ -103,6 +119,8 @@ class FeatureExtractor(nn.Module):
         self.body = nn.ModuleList(
             self._layer(network, name, names[i - 1] if i else None, pooling) for i, name in enumerate(self.names)
         )
+        if speed.channels_last:  # converts the shared weights once; later calls find them converted
+            self.body.to(memory_format=torch.channels_last)
 
     def _layer(self, network: Network, name: str, previous: str | None, pooling: str) -> nn.Module:
         module = network.layers[name]
@@ -116,8 +134,12 @@ class FeatureExtractor(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         features = {}
         x = self.normalize(image)
-        for name, layer in zip(self.names, self.body):
-            x = layer(x)
-            if name in self.wanted:
-                features[name] = x
-        return features
+        if self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = self.speed.dtype
+        with torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for name, layer in zip(self.names, self.body):
+                x = layer(x)
+                if name in self.wanted:
+                    features[name] = x
+        return {name: feature.float() for name, feature in features.items()} if dtype else features

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import DivergedError, InputError
-from .features import FeatureExtractor, Network
+from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
 from .losses import ContentLoss, StyleLoss, StyleTransferLoss
 from .params import StyleParams
@@ -122,12 +122,14 @@ def stylize(
     init_image: torch.Tensor | None = None,
     callback: Callback | None = None,
     resume: RunState | None = None,
+    speed: Speed = Speed(),
 ) -> Result:
     """Run a style transfer. ``content`` and ``styles`` are (1, 3, H, W) images in [0, 1].
 
     ``init_image`` is required when ``params.init`` is a path (the caller reads the file).
     ``callback`` is called after every iteration; returning True stops the run, and the
-    result then carries the state to resume from.
+    result then carries the state to resume from. ``speed`` runs the network in reduced
+    precision or channels-last layout (losses stay in fp32).
     """
     if not styles:
         raise ValueError("stylize needs at least one style image")
@@ -135,7 +137,8 @@ def stylize(
         raise ValueError(f"init={params.init!r} names an image: pass it as init_image")
     blend = params.blend_weights(len(styles))
     device = network.device
-    extractor = FeatureExtractor(network, (*params.content_layer_names, *params.style_layer_names), params.pooling)
+    layers = (*params.content_layer_names, *params.style_layer_names)
+    extractor = FeatureExtractor(network, layers, params.pooling, speed)
     state = resume or RunState(
         seed=params.seed if params.seed is not None else secrets.randbelow(2**31),
         scale=0, iteration=0, image=torch.empty(0), optimizer={},
