@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="queued, running, done and failed jobs, from the job database")
     _add_config_options(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (with --watch: one JSON object per line)")
+    status.add_argument(
+        "--watch", nargs="?", const=2.0, type=_positive_seconds, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
     status.set_defaults(handler=_status)
 
     estimate = commands.add_parser("estimate", help="predicted peak memory and time of a job, or of the queue")
@@ -123,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         gif=args.gif,
         loss_log=not args.no_log,
         max_pixels=config.max_pixels,
+        performance=config.performance,
     )
     run_once(job)
     return 0
@@ -143,9 +148,21 @@ def _status(args: argparse.Namespace) -> int:
     from . import status
     from .config import load_config
 
-    report = status.gather(load_config(args.config, args.overrides))
-    print(status.as_json(report) if args.json else status.render(report))
+    config = load_config(args.config, args.overrides)
+    if args.watch is not None:
+        return status.watch(lambda: status.gather(config), args.watch, sys.stdout, as_json_text=args.json)
+    print(status.show(status.gather(config), args.json, sys.stdout))
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return seconds
 
 
 def _estimate(args: argparse.Namespace) -> int:

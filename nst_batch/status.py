@@ -1,11 +1,22 @@
-"""`nst-batch status`: what the daemon is doing, read from the job database (works while it runs)."""
+"""`nst-batch status`: what the daemon is doing, read from the job database (works while it runs).
+
+``gather`` reads the record into plain data; ``render`` turns it into a table, coloured and cut
+to the terminal's width on a terminal, plain text when piped; ``watch`` repeats both.
+"""
 
 import json
+import os
+import shutil
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .config import Config
 from .store import Store
+
+STATUSES = ("queued", "running", "done", "failed")
+_CLEAR = "\x1b[H\x1b[2J"
+_STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 
 
 def gather(config: Config) -> dict[str, Any]:
@@ -19,21 +30,25 @@ def gather(config: Config) -> dict[str, Any]:
         for run in store.running_runs():
             seconds = now - run.started if run.started else None
             per_iteration = seconds / run.iteration if seconds and run.iteration else None
-            remaining = run.total_iterations - run.iteration
+            remaining = max(0, run.total_iterations - run.iteration)
             running.append({
                 "job_id": run.job_id,
+                "job_name": store.job(run.job_id).name,
                 "label": run.label,
                 "iteration": run.iteration,
                 "total_iterations": run.total_iterations,
                 "loss": run.loss,
+                "elapsed_seconds": round(seconds, 1) if seconds is not None else None,
                 "eta_seconds": round(per_iteration * remaining, 1) if per_iteration else None,
             })
-        jobs = {status: 0 for status in ("queued", "running", "done", "failed")} | store.counts()
+        jobs = {status: 0 for status in STATUSES} | store.counts()
         return {
             "jobs": jobs,
             "runs": store.run_counts(),
             "running": running,
-            "recent_errors": [{"job_id": j.id, "name": j.name, "error": j.error} for j in store.recent_failures()],
+            "recent_errors": [
+                {"job_id": j.id, "name": j.name, "error": j.error, "when": j.updated} for j in store.recent_failures()
+            ],
             "database": str(db),
             "started": True,
         }
@@ -41,18 +56,46 @@ def gather(config: Config) -> dict[str, Any]:
         store.close()
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: dict[str, Any], color: bool = False, width: int | None = None) -> str:
+    """The report as a table. ``color``: ANSI bold and colours (for a terminal). ``width``: cut
+    every line to this many columns (a terminal's width); None leaves lines whole."""
+    paint = _painter(color)
     if not report["started"]:
         return f"no jobs yet (no database at {report['database']})"
-    jobs = report["jobs"]
-    lines = [" ".join(f"{status}: {jobs.get(status, 0)}" for status in ("queued", "running", "done", "failed"))]
-    for run in report["running"]:
-        eta = f", ETA {_duration(run['eta_seconds'])}" if run["eta_seconds"] is not None else ""
-        loss = f", loss {run['loss']:.4g}" if run["loss"] is not None else ""
-        lines.append(f"running job-{run['job_id']} {run['label']}: iteration {run['iteration']} of {run['total_iterations']}{loss}{eta}")
-    for error in report["recent_errors"]:
-        first_line = (error["error"] or "").splitlines()[0] if error["error"] else ""
-        lines.append(f"failed job-{error['job_id']} {error['name']}: {first_line}")
+    jobs, runs = report["jobs"], report.get("runs") or {}
+    colours = {"running": "cyan", "done": "green", "failed": "red"}
+    counts = "   ".join(
+        paint(f"{status} {jobs.get(status, 0)}", colours.get(status) if jobs.get(status, 0) else None) for status in STATUSES
+    )
+    lines = [f"{paint('jobs', 'bold')}  {counts}"]
+    if runs:
+        lines.append(paint("runs  " + "   ".join(f"{s} {runs.get(s, 0)}" for s in STATUSES), "dim"))
+    if report["running"]:
+        lines += ["", paint("RUNNING", "bold")]
+        header = ("JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA")
+        rows = [
+            (
+                f"job-{run['job_id']} {run.get('job_name') or ''}".strip(),
+                run["label"],
+                _progress(run["iteration"], run["total_iterations"]),
+                f"{run['loss']:.4g}" if run["loss"] is not None else "-",
+                format_duration(run["elapsed_seconds"]) if run.get("elapsed_seconds") is not None else "-",
+                format_duration(run["eta_seconds"]) if run["eta_seconds"] is not None else "-",
+            )
+            for run in report["running"]
+        ]
+        table = _table([header, *rows])
+        lines.append(paint(_cut(table[0], width), "dim"))
+        lines += [_cut(row, width) for row in table[1:]]
+    if report["recent_errors"]:
+        lines += ["", paint("RECENT FAILURES", "bold")]
+        rows = []
+        for error in report["recent_errors"]:
+            reason = (error["error"] or "").strip().splitlines()
+            when = time.strftime("%a %H:%M", time.localtime(error["when"])) if error.get("when") else ""
+            rows.append((f"job-{error['job_id']}", error["name"], when, reason[0] if reason else "no reason recorded"))
+        for row in _table(rows):
+            lines.append(paint(_cut(row, width), "red"))
     return "\n".join(lines)
 
 
@@ -60,7 +103,92 @@ def as_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, sort_keys=True)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
+def show(report: dict[str, Any], as_json_text: bool, stream: TextIO) -> str:
+    """The report as ``stream`` should get it: JSON, or a table coloured only on a terminal."""
+    if as_json_text:
+        return as_json(report)
+    tty = _is_tty(stream)
+    return render(report, color=tty and _colour_allowed(), width=shutil.get_terminal_size().columns if tty else None)
+
+
+def watch(
+    read: Callable[[], dict[str, Any]],
+    interval: float,
+    stream: TextIO,
+    as_json_text: bool = False,
+    refreshes: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Show the report every ``interval`` seconds until Ctrl-C (or ``refreshes`` times).
+
+    On a terminal the screen is cleared and redrawn. Piped, each report is appended: a table
+    under a "--- time ---" line, or with ``as_json_text`` one JSON object per line (JSON Lines),
+    so ``status --watch --json | tee`` makes a log.
+    """
+    tty = _is_tty(stream)
+    shown = 0
+    try:
+        while refreshes is None or shown < refreshes:
+            report = read()
+            if as_json_text:
+                stream.write(json.dumps(report, sort_keys=True) + "\n")
+            elif tty:
+                stamp = time.strftime("%H:%M:%S")
+                footer = f"\n\nrefreshed {stamp}, every {interval:g} s; Ctrl-C to quit"
+                stream.write(_CLEAR + show(report, False, stream) + footer + "\n")
+            else:
+                stream.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n{render(report)}\n")
+            stream.flush()
+            shown += 1
+            if refreshes is None or shown < refreshes:
+                sleep(interval)
+    except KeyboardInterrupt:  # the way out of --watch: not an error
+        stream.write("\n")
+    return 0
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _progress(iteration: int, total: int) -> str:
+    if not total:
+        return f"iteration {iteration}"
+    return f"iteration {iteration}/{total} ({100 * iteration // total}%)"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + str(row[-1]) for row in rows]
+
+
+def _cut(line: str, width: int | None) -> str:
+    line = line.rstrip()
+    if width is None or len(line) <= width:
+        return line
+    return line[: max(1, width - 3)] + "..."
+
+
+def _painter(color: bool) -> Callable[[str, str | None], str]:
+    def paint(text: str, style: str | None) -> str:
+        if not color or style is None:
+            return text
+        return f"\x1b[{_STYLES[style]}m{text}\x1b[0m"
+
+    return paint
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _colour_allowed() -> bool:
+    """https://no-color.org: NO_COLOR turns colours off; so does a dumb terminal."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
