@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomicio import TEMP_SUFFIX, atomic_path, atomic_write, fsync_dir
+from .atomicio import TEMP_SUFFIX, atomic_path, atomic_write, fsync_dir, is_temp_name
 from .config import Config
 from .errors import InputError
 from .inbox import LIBRARY_PREFIX, is_litter
@@ -46,6 +46,27 @@ class Folders:
     def checkpoint(self, run_id: int) -> Path:
         return self.checkpoints / f"run-{run_id}.pt"
 
+    def tidy(self) -> int:
+        """Remove what writes and moves a crash interrupted; return how many. For start-up only,
+        before anything else runs. Temporary names are ours alone (inputs are never hidden
+        files), and an empty folder in archive/ or failed/ is one reserved for a job that never
+        arrived in it (``_rename_to_unique``)."""
+        removed = 0
+        job_folders = _subfolders(self.jobs)
+        in_jobs = [*job_folders, *(sub for folder in job_folders for sub in _subfolders(folder))]
+        for folder in (self.checkpoints, *_subfolders(self.staging), *in_jobs):
+            for item in _listing(folder):
+                if is_temp_name(item.name):
+                    _remove(Path(item.path))
+                    removed += 1
+        for folder in (*_subfolders(self.archive), *_subfolders(self.failed)):
+            try:
+                folder.rmdir()  # only an empty one goes
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
     def input_path(self, job_id: int, ref: str) -> Path:
         """Where a job's input is: its claimed folder, or the style library (never outside it)."""
         if not ref.startswith(LIBRARY_PREFIX):
@@ -56,6 +77,18 @@ class Folders:
         if path.is_symlink() or not path.resolve().is_relative_to(self.styles.resolve()):
             raise InputError(f"{ref} is not a file inside the style library {self.styles}")
         return path
+
+
+def _listing(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as listing:
+            return list(listing)
+    except OSError:
+        return []
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [Path(item.path) for item in _listing(folder) if item.is_dir(follow_symlinks=False)]
 
 
 def move_in(folders: Folders, job_id: int, files: Iterable[str]) -> list[str]:

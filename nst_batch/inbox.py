@@ -16,6 +16,11 @@ What is refused, and when (nothing is claimed, refused or not, before its files 
 - a half pair, a folder without a style or content image, an empty folder, or an image or sidecar
   that belongs to no job: after ``pair_timeout``, since what is missing may still arrive;
 - a file that is neither an image nor a sidecar: as soon as it is complete;
+- a name with a control character, a line break or bytes that are not UTF-8 (a file, or a folder
+  with such a name or such a file in it): as soon as it is complete. It would break or forge the
+  lines of logs and error reports, and no one means it;
+- a file still open for writing that has been unchanged for ``pair_timeout`` (a copy that stopped
+  half way): with its whole job, which never starts;
 - a folder with a subfolder (``trip/raw/``): the whole folder, once complete. A job folder holds
   its images one level deep; running the rest without the subfolder would be a surprise;
 - a file belongs to one job. A file named by a standalone sidecar is that sidecar's (the first by
@@ -24,9 +29,10 @@ What is refused, and when (nothing is claimed, refused or not, before its files 
   would tell why it never arrived.
 """
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -34,11 +40,23 @@ SIDECAR_SUFFIXES = (".yaml", ".yml")
 FOLDER_SIDECAR = "job.yaml"
 LIBRARY_PREFIX = "styles/"  # how a submission refers to the style library
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")  # something may still be writing these
+# Control characters, undecodable bytes (surrogate escapes), line and paragraph separators.
+_UNSAFE_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
 
 
 def is_ignored(name: str) -> bool:
     """Files that are never ours: hidden, partial downloads, editor backups, temporaries."""
     return name.startswith(".") or name.endswith((*PARTIAL_SUFFIXES, "~"))
+
+
+def unsafe_name(path: str) -> bool:
+    """Whether a name has a character no picture is meant to be named with (see the module doc)."""
+    return any(unicodedata.category(char) in _UNSAFE_CATEGORIES for char in path)
+
+
+def _safe(name: str) -> str:
+    """A refused job's name, fit for a folder name and a log line."""
+    return "".join("_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in name)
 
 
 def is_litter(name: str) -> bool:
@@ -55,6 +73,8 @@ class Entry:
     path: str
     complete: bool
     waited: float  # seconds since the file was first seen
+    unchanged: float = 0.0  # seconds since its size or mtime last changed
+    writing: bool = False  # still open for writing (written to, never closed): never complete by settling
 
 
 @dataclass(frozen=True)
@@ -91,8 +111,13 @@ class _Plan:
     owned: set[str] = field(default_factory=set)  # files of the ready submissions
     waiting: set[str] = field(default_factory=set)  # files of submissions that wait: not leftovers
     named: dict[str, str] = field(default_factory=dict)  # inbox file -> the standalone sidecar it belongs to
+    stalled: dict[str, str] = field(default_factory=dict)  # file whose copy stopped half way -> why
 
     def add(self, submission: Submission) -> None:
+        # A stalled copy is the reason its job cannot run, whatever else may be missing.
+        stalled = [self.stalled[f] for f in submission.files if f in self.stalled]
+        if stalled:
+            submission = replace(submission, problem="; ".join(stalled))
         self.ready.append(submission)
         self.owned.update(submission.files)
 
@@ -113,7 +138,9 @@ def plan(
     """
     entries = {e.path: e for e in entries if not any(is_ignored(part) for part in e.path.split("/"))}
     library = set(library)
-    result = _Plan()
+    result = _Plan(stalled={p: _stall_reason(e, pair_timeout) for p, e in entries.items() if _stalled(e, pair_timeout)})
+    # A stalled file counts as complete only so that its job can be refused whole.
+    entries = {p: replace(e, complete=True) if p in result.stalled else e for p, e in entries.items()}
     top = {p: e for p, e in entries.items() if "/" not in p}
     folders: dict[str, dict[str, Entry]] = defaultdict(dict)
     for path, entry in entries.items():
@@ -124,13 +151,31 @@ def plan(
     for path in sorted(top):
         refs = sidecars.get(path)
         if refs is not None and refs.standalone and top[path].complete and path not in result.named:
-            _standalone(path, refs, top, library, pair_timeout, result)
-    _pairs({p: e for p, e in top.items() if p not in result.named}, sidecars, pair_timeout, result)
+            if not unsafe_name(path):
+                _standalone(path, refs, top, library, pair_timeout, result)
+    pairable = {p: e for p, e in top.items() if p not in result.named and not unsafe_name(p)}
+    _pairs(pairable, sidecars, pair_timeout, result)
     for name in sorted(folders):
         _folder(name, folders[name], pair_timeout, result)
     for path in sorted(set(top) - result.owned - result.waiting - set(result.named)):
         _leftover(top[path], (sidecars.get(path) or SidecarRefs()).problem, pair_timeout, result)
     return result.ready
+
+
+def _stalled(entry: Entry, pair_timeout: float) -> bool:
+    return entry.writing and not entry.complete and entry.unchanged >= pair_timeout
+
+
+def _stall_reason(entry: Entry, pair_timeout: float) -> str:
+    return (
+        f"{_shown(entry.path)} has been open for writing and unchanged for {entry.unchanged:.0f} s "
+        f"(pair_timeout {pair_timeout:g} s): its copy stopped half way; copy it again"
+    )
+
+
+def _shown(path: str) -> str:
+    """A path for a message: quoted with escapes when its name has characters a line cannot show."""
+    return repr(path) if unsafe_name(path) else path
 
 
 def _stem_and_role(path: str) -> tuple[str, str | None, str]:
@@ -188,7 +233,7 @@ def _resolve(ref: str, top: Mapping[str, Entry], library: set[str], allow_librar
 
     Only bare file names are accepted, so no sidecar can point outside the inbox or the library.
     """
-    if not ref or "/" in ref or "\\" in ref or ref in (".", "..") or "\0" in ref or is_ignored(ref):
+    if not ref or "/" in ref or "\\" in ref or ref in (".", "..") or unsafe_name(ref) or is_ignored(ref):
         return None
     if ref in top or (ref not in library and PurePosixPath(ref).suffix.lower() in IMAGE_SUFFIXES):
         return ref  # in the inbox, or expected there
@@ -246,7 +291,13 @@ def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: 
     subfolders = sorted(f for f in files if f.endswith("/"))
     owned = tuple(f"{name}/{f}" for f in sorted(files))
     problem = None
-    if not files.keys() - {""}:
+    unsafe = [f"{name}/"] if unsafe_name(name) else [f"{name}/{f}" for f in files if unsafe_name(f)]
+    if unsafe:
+        problem = (
+            f"{', '.join(map(repr, unsafe))}: a control character, a line break or bytes that are not UTF-8 in "
+            f"the name; rename it"
+        )
+    elif not files.keys() - {""}:
         if not _waited_too_long(files.values(), pair_timeout):
             return
         problem = f"folder {name}/ is still empty after {pair_timeout:g} s: a job folder holds style.EXT and content images"
@@ -265,8 +316,8 @@ def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: 
     sidecar = f"{name}/{FOLDER_SIDECAR}" if FOLDER_SIDECAR in files else None
     result.add(
         Submission(
-            name, "folder", owned, tuple(f"{name}/{c}" for c in contents), tuple(f"{name}/{s}" for s in styles),
-            sidecar, problem,
+            _safe(name), "folder", owned, tuple(f"{name}/{c}" for c in contents),
+            tuple(f"{name}/{s}" for s in styles), sidecar, problem,
         )
     )
 
@@ -279,6 +330,10 @@ def _leftover(entry: Entry, unreadable: str | None, pair_timeout: float, result:
     if not entry.complete:
         return
     suffix = PurePosixPath(entry.path).suffix.lower()
+    if unsafe_name(entry.path):
+        reason = f"{entry.path!r}: a control character, a line break or bytes that are not UTF-8 in the name; rename it"
+        result.add(Submission(_safe(_stem_and_role(entry.path)[0]), "refused", (entry.path,), problem=reason))
+        return
     if suffix in IMAGE_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         if not _waited_too_long([entry], pair_timeout):
             return

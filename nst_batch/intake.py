@@ -131,8 +131,7 @@ class Intake:
             raise InputError(job.spec["problem"])
         folder = self.folders.job_dir(job.id)
         for name in job.files:
-            if (folder / name).is_symlink():
-                raise InputError(f"{name} is a symbolic link: copy the file itself into the inbox")
+            _check_plain_file(folder / name, name)
         sidecar = load_sidecar(folder / job.sidecar, self.config.defaults) if job.sidecar else None
         contents, styles = job.spec["contents"], job.spec["styles"]
         sizes = {ref: image_size(self.folders.input_path(job.id, ref), self.config.max_pixels) for ref in (*contents, *styles)}
@@ -190,10 +189,22 @@ class Intake:
             return SidecarRefs(problem=f"{path} cannot be read")
         if stat.S_ISLNK(info.st_mode):
             return SidecarRefs(problem=f"{path} is a symbolic link: copy the file itself into the inbox")
+        if not stat.S_ISREG(info.st_mode):  # reading a named pipe would hang the intake
+            return SidecarRefs(problem=f"{path} is not a regular file (a named pipe, a socket or a device)")
         key = (path, info.st_mtime, info.st_size)
         if key not in self._refs:
             self._refs[key] = _read_refs(file)
         return self._refs[key]
+
+
+def _check_plain_file(path: Path, name: str) -> None:
+    """Refuse what the claim moved in without following or opening it: a symbolic link may point
+    outside the inbox, and opening a named pipe would hang the intake."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(f"{name} is a symbolic link: copy the file itself into the inbox")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{name} is not a regular file (a named pipe, a socket or a device): drop the file itself")
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -211,7 +222,7 @@ def _is_sidecar(path: str) -> bool:
 def _read_refs(file: Path) -> SidecarRefs:
     """The files a sidecar names, read the way the sidecar model reads them (a name or a list)."""
     try:
-        data = load_yaml(file)
+        data = load_yaml(file, untrusted=True)
     except NstBatchError as error:
         return SidecarRefs(problem=str(error))
     given = {key: data[key] for key in ("content", "style") if key in data}

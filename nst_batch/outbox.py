@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .atomicio import atomic_path, atomic_write, fsync_dir
+from .atomicio import atomic_path, atomic_write, fsync_dir, is_temp_name
 from .engine import LossRecord, Result, StyleParams, WeightsInfo
 from .engine.images import resize_long_side
 from .imagefile import write_image
@@ -136,11 +136,15 @@ def publish(staging: Path, outbox: Path, name: str, job_record: dict[str, Any], 
             if (staging / old).exists():
                 os.replace(staging / old, staging / new)
     summaries = sorted(staging.glob(".*.run.json"))
-    written = [json.loads(path.read_text()) for path in summaries] or _job_json_results(staging)
+    # A job.json from an attempt that crashed after removing some summaries holds theirs.
+    written = _job_json_results(staging) + [json.loads(path.read_text()) for path in summaries]
     job_record = {**job_record, "results": _merge_results(job_record.get("results", []), written)}
     atomic_write(staging / "job.json", json.dumps(job_record, indent=2, sort_keys=True, default=str) + "\n")
     for path in summaries:
         path.unlink()
+    for path in staging.iterdir():  # a write a crash interrupted (its run was written again since)
+        if is_temp_name(path.name):
+            path.unlink()
     os.rename(staging, target)
     fsync_dir(outbox)
     return target
@@ -159,7 +163,7 @@ def _destination(outbox: Path, name: str, job_id: int) -> tuple[Path, bool]:
 
 
 def _merge_results(planned: list[dict], written: list[dict]) -> list[dict]:
-    by_label = {r["label"]: r for r in written}
+    by_label = {r["label"]: r for r in written}  # a later one of the same label wins
     return [{**p, **by_label.get(p["label"], {})} for p in planned]
 
 

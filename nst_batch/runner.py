@@ -2,8 +2,10 @@
 checkpoint every N iterations, stop when asked, and leave its files in the job's staging folder.
 The network of each backbone is loaded once and kept."""
 
+import errno
 import gc
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ PROGRESS_EVERY_S = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | stopped | failed | retry | out_of_memory
+    status: str  # done | stopped | failed | retry | out_of_memory | no_space
     error: str | None = None
     iterations: int = 0  # done by the end, all scales together
     last_scale_iterations: int = 0  # how deep the L-BFGS history got
@@ -84,7 +86,7 @@ class Runner:
             else:
                 log.info(f"{run.label}: starting ({params.iterations * params.scales} iterations on {self.device})")
             frames: list[torch.Tensor] = []
-            on_progress = self._progress(run, stop, checkpoint, frames, store)
+            on_progress = self._progress(run, stop, checkpoint, frames, store, log)
             speed = self.speed(params)
             result = stylize(
                 network, content, styles, params, init_image=init, callback=on_progress, resume=resume, speed=speed
@@ -92,6 +94,9 @@ class Runner:
         except NstBatchError as error:  # the input or the parameters: retrying cannot help
             return Outcome("failed", str(error))
         except Exception as error:
+            if _no_space(error):
+                log.warning(f"{run.label}: {error}")
+                return Outcome("no_space", f"no space left: {error}")
             if not _out_of_memory(error):
                 log.exception(f"{run.label}: unexpected error")
                 return Outcome("retry", f"{type(error).__name__}: {error}")
@@ -107,18 +112,20 @@ class Runner:
             log.warning(f"{run.label}: {shortage}")
             return Outcome("out_of_memory", shortage)
         if result.interrupted:
-            _save_checkpoint(checkpoint, result.state)
-            log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint saved")
+            saved = "saved" if _save_checkpoint(checkpoint, result.state, log) else "NOT saved"
+            log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
         try:
             self._write(job, run, params, weights, result, frames)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
-            return Outcome("retry", f"could not write the result: {error}")
+            return Outcome("no_space" if _no_space(error) else "retry", f"could not write the result: {error}")
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
         return Outcome("done", None, final.iteration, final.iteration - result.scale_starts[-1], final.elapsed_s)
 
-    def _progress(self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store) -> Callable:
+    def _progress(
+        self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store, log
+    ) -> Callable:
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
@@ -126,7 +133,7 @@ class Runner:
             if progress.frame is not None:
                 frames.append(progress.frame)
             if progress.iteration % self.config.checkpoint_every == 0:
-                _save_checkpoint(checkpoint, progress.snapshot())
+                _save_checkpoint(checkpoint, progress.snapshot(), log)
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
@@ -161,9 +168,25 @@ def _json(data) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def _save_checkpoint(path: Path, state: RunState) -> None:
-    with atomic_path(path) as temp:
-        torch.save(state.to_dict(), temp)
+def _save_checkpoint(path: Path, state: RunState, log) -> bool:
+    """Save a checkpoint, or warn and go on: a checkpoint only saves time after an interruption,
+    so a full state disk must not end the run; the previous checkpoint, replaced atomically, stays
+    valid. Every failure is caught because torch reports a failed write without its errno."""
+    try:
+        with atomic_path(path) as temp:
+            torch.save(state.to_dict(), temp)
+        return True
+    except Exception as error:
+        log.warning(f"checkpoint {path.name} not saved ({error}); the run goes on")
+        return False
+
+
+def _no_space(error: Exception) -> bool:
+    """A full disk or quota (SQLite says "database or disk is full"): not the run's fault, and
+    worth trying again once there is space."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 def _out_of_memory(error: Exception) -> bool:

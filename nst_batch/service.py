@@ -15,6 +15,7 @@ from .config import Config
 from .engine import StyleParams
 from .intake import Intake
 from .outbox import publish, versions
+from . import tuning
 from .capacity import Capacity
 from .runner import Runner
 from .scheduler import Active, Candidate, admit
@@ -24,6 +25,12 @@ from .watcher import InboxWatcher
 from .workers import Work, Workers
 
 BUSY_POLL_S = 0.5
+# The scheduler is shown the first runs of the queue only: looking at all of them (a folder of
+# 10 000 photos) would cost the main loop time in proportion to the queue before every start.
+DISPATCH_WINDOW = 64
+# A full disk: no run starts, nor is a finished job published, for this long; then they are tried
+# again. Attempts are not counted: a full disk is nobody's input's fault.
+NO_SPACE_RETRY_S = 60.0
 INTAKE_RESTART_S = 5.0  # a dead intake thread is restarted at most this often
 
 
@@ -41,13 +48,19 @@ class Service:
         self._last_ping = 0.0
         self._stop_signal: int | None = None
         self._stop_announced = False
+        self._held_until = 0.0  # monotonic time before which nothing starts (a full disk)
+        self._unfinished: set[int] = set()  # jobs whose publication or disposal failed; retried
 
     def serve(self) -> int:
         self._handle_signals()
         requeued = self.store.requeue_interrupted()
         if requeued:
             logger.info(f"{requeued} interrupted run(s) queued again; they resume from their checkpoints")
+        tidied = self.folders.tidy()
+        if tidied:
+            logger.info(f"removed {tidied} temporary file(s) or reserved folder(s) an interruption left behind")
         self.runner = Runner(self.config, self.folders, self.folders.input_path, self._heartbeat)
+        tuning.apply(self.config.performance, self.runner.device)
         network, _ = self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
         self.capacity = Capacity(self.config, self.runner.device)
         if self.config.scheduler.calibrate:
@@ -154,10 +167,25 @@ class Service:
             self._last_ping = now
             notify("WATCHDOG=1")
 
+    def _hold(self, reason: str) -> None:
+        """Start nothing and finish nothing for NO_SPACE_RETRY_S: the disk may fill again at once."""
+        self._held_until = time.monotonic() + NO_SPACE_RETRY_S
+        logger.warning(f"{reason}; trying again in {NO_SPACE_RETRY_S:g} s, no run starts meanwhile")
+
+    def _held(self) -> bool:
+        return time.monotonic() < self._held_until
+
     def _dispatch(self) -> int:
         """Start every queued run that fits now; return how many started."""
+        if self._held():
+            return 0
+        for job_id in sorted(self._unfinished):
+            self._unfinished.discard(job_id)
+            self._finish_if_complete(job_id)
+        if self._held():  # finishing one failed again
+            return 0
         queued = []
-        for run in self.store.queued_runs():
+        for run in self.store.queued_runs(limit=max(DISPATCH_WINDOW, 4 * self.capacity.max_concurrent)):
             if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
                 self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
                 self._finish_if_complete(run.job_id)
@@ -176,7 +204,7 @@ class Service:
             self.workers.start(Work(self.store.job(run.job_id), self.store.run(run_id), needs[run_id]))
         if chosen:
             labels = ", ".join(w.run.label for w in self.workers.active)
-            notify(f"STATUS=running {labels}; {len(queued) - len(chosen)} more queued")
+            notify(f"STATUS=running {labels}; {self.store.run_counts().get('queued', 0)} more queued")
         return len(chosen)
 
     def _fitted(self, run: RunRecord) -> RunRecord | None:
@@ -205,6 +233,9 @@ class Service:
             self.store.finish_run(run.id, outcome.seconds, work.peak_bytes or None)
         elif outcome.status == "stopped":
             self.store.requeue_run(run.id)
+        elif outcome.status == "no_space":
+            self.store.requeue_run(run.id, outcome.error)
+            self._hold(f"{run.label}: {outcome.error}")
         elif outcome.status == "out_of_memory":
             retry = run.attempts < self.config.max_attempts  # the record was read after this attempt began
             self.store.retry_alone(run.id, outcome.error, retry)
@@ -216,11 +247,20 @@ class Service:
         self._finish_if_complete(run.job_id)
 
     def _finish_if_complete(self, job_id: int) -> None:
-        """Publish a job whose runs have all ended; move its inputs to the archive or failed/."""
+        """Publish a job whose runs have all ended; move its inputs to the archive or failed/.
+        Every step can be repeated, so one that fails (a full disk) is simply tried again later."""
         job = self.store.job(job_id)
-        runs = self.store.runs(job_id)
-        if job.status not in ACTIVE or any(r.status in ACTIVE for r in runs):
+        if job.status not in ACTIVE or self.store.has_active_runs(job_id):  # cheap: this follows every run
             return
+        runs = self.store.runs(job_id)
+        try:
+            self._finish(job, runs)
+        except OSError as error:
+            self._unfinished.add(job_id)
+            self._hold(f"{job.name}: could not finish the job: {error}")
+
+    def _finish(self, job: JobRecord, runs: list[RunRecord]) -> None:
+        job_id = job.id
         log = logger.bind(job=job.label)
         failed = [r for r in runs if r.status == "failed"]
         staging = self.folders.staging_dir(job_id)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError, field
 from .config import FROZEN, Problem, dotted, format_problems, show, unknown_key_message, validation_problems
 from .engine.params import StyleParams
 from .errors import ConfigError
+from .inbox import unsafe_name
 from .yamlfile import load_yaml
 
 MAX_COMBINATIONS = 256
@@ -34,7 +35,8 @@ def _unsafe_name(name: str) -> bool:
         or name != name.strip()
         or name.startswith(".")
         or len(name) > MAX_NAME_LENGTH
-        or any(char in "/\\" or ord(char) < 32 or ord(char) == 127 for char in name)
+        or any(char in "/\\" for char in name)
+        or unsafe_name(name)  # control characters, line breaks: as for the inbox's file names
     )
 
 

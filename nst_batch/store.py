@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS memory_samples (  -- measured runs and probes: what t
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
 """
 
@@ -250,13 +251,22 @@ class Store:
         ).fetchone()
         return _run(row)
 
-    def queued_runs(self) -> list[RunRecord]:
-        """Runs waiting, with their job's priority, in arrival order."""
+    def queued_runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Runs waiting, with their job's priority, in queue order (``scheduler.queue_order``): the
+        first ``limit`` of them, or all."""
         rows = self.db.execute(
             "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id "
-            "WHERE runs.status='queued' AND jobs.status IN ('queued', 'running') ORDER BY runs.job_id, runs.idx"
+            "WHERE runs.status='queued' AND jobs.status IN ('queued', 'running') "
+            "ORDER BY jobs.priority DESC, runs.job_id, runs.idx LIMIT ?",
+            (-1 if limit is None else limit,),
         )
         return [_run(r) for r in rows]
+
+    def has_active_runs(self, job_id: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM runs WHERE job_id=? AND status IN ('queued', 'running') LIMIT 1", (job_id,)
+        ).fetchone()
+        return row is not None
 
     def start_run(self, run: RunRecord) -> None:
         now = time.time()
@@ -284,9 +294,12 @@ class Store:
             ("queued" if retry else "failed", error, None if retry else time.time(), run_id),
         )
 
-    def requeue_run(self, run_id: int) -> None:
-        """Back to the queue without counting an attempt (the daemon is stopping)."""
-        self.db.execute("UPDATE runs SET status='queued', attempts=MAX(attempts-1, 0) WHERE id=?", (run_id,))
+    def requeue_run(self, run_id: int, error: str | None = None) -> None:
+        """Back to the queue without counting an attempt (the daemon is stopping, the disk is full)."""
+        self.db.execute(
+            "UPDATE runs SET status='queued', attempts=MAX(attempts-1, 0), error=COALESCE(?, error) WHERE id=?",
+            (error, run_id),
+        )
 
     def change_params(self, run_id: int, params: dict[str, Any], warning: str) -> None:
         """The too_big policy's new parameters for a run, and the warning that says why."""

@@ -5,7 +5,10 @@ anchors or aliases, bounded size and depth, text keys), and every way a file can
 turned into a ``ConfigError`` that names the file and, where known, the line.
 """
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +90,30 @@ def _megabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 
 
-def _read_text(path: Path, max_bytes: int) -> str:
+def _read_text(path: Path, max_bytes: int, untrusted: bool = False) -> str:
+    # An untrusted file (dropped in the inbox by anyone) may have become a symbolic link or a named
+    # pipe since it was looked at: neither is followed nor waited on (O_NONBLOCK: opening a pipe
+    # would block until someone writes to it).
+    flags = os.O_RDONLY | (os.O_NOFOLLOW | os.O_NONBLOCK if untrusted else 0)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ConfigError(
-                f"{path} is {_megabytes(size)}; sidecars and configs are limited to {_megabytes(max_bytes)}"
-            )
-        with path.open("rb") as file:
+        with open(os.open(path, flags), "rb") as file:
+            info = os.fstat(file.fileno())  # of the file opened, whatever the name points to now
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError
+            if untrusted and not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{path} is not a regular file (a named pipe, a socket or a device)")
+            if info.st_size > max_bytes:
+                raise ConfigError(
+                    f"{path} is {_megabytes(info.st_size)}; sidecars and configs are limited to {_megabytes(max_bytes)}"
+                )
             data = file.read(max_bytes + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a folder, not a YAML file") from None
     except OSError as error:
+        if untrusted and error.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link: copy the file itself") from None
         raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
     if len(data) > max_bytes:  # grew while we looked
         raise ConfigError(f"{path} is over {_megabytes(max_bytes)}; sidecars and configs are limited to that")
@@ -132,9 +145,10 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(_describe_yaml_error(source, error)) from None
 
 
-def load_yaml(path: Path, *, max_bytes: int = 1_000_000) -> dict[str, Any]:
-    """The mapping in the YAML file at ``path``; an empty file gives ``{}``."""
-    data = parse_yaml(_read_text(path, max_bytes), str(path))
+def load_yaml(path: Path, *, max_bytes: int = 1_000_000, untrusted: bool = False) -> dict[str, Any]:
+    """The mapping in the YAML file at ``path``; an empty file gives ``{}``. ``untrusted``: only a
+    regular file is read, never through a symbolic link."""
+    data = parse_yaml(_read_text(path, max_bytes, untrusted), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

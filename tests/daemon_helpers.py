@@ -77,6 +77,9 @@ class Daemon:
             "inbox": "inbox", "outbox": "outbox", "state_dir": "state", "styles_dir": "styles",
             "device": "cpu", "settle_seconds": 1, "pair_timeout": 120, "checkpoint_every": 5,
             "model": {"weights": "random"}, "defaults": dict(TEST_DEFAULTS),
+            # One CPU thread (the daemon sets its own count, whatever OMP_NUM_THREADS says): on two
+            # shared cores, threads spinning against other processes make each iteration far slower.
+            "performance": {"threads": 1},
         }
         for key, value in settings.items():
             if isinstance(value, dict):
@@ -85,6 +88,7 @@ class Daemon:
                 config[key] = value
         self.config = root / "config.yaml"
         self.config.write_text(yaml.safe_dump(config))
+        self.env: dict[str, str] = {}  # extra environment of the daemon process
         self.process: subprocess.Popen | None = None
         self.logs: list[Path] = []
 
@@ -96,7 +100,7 @@ class Daemon:
         self.logs.append(log)
         # Two shared CPU cores: OpenMP threads spinning against other processes make every
         # iteration ten times slower, so the daemon gets one.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **self.env}
         env.pop("JOURNAL_STREAM", None)
         env.pop("NOTIFY_SOCKET", None)
         with open(log, "wb") as stderr:
@@ -115,6 +119,11 @@ class Daemon:
         except subprocess.TimeoutExpired:
             pytest.fail(f"the daemon did not exit within {timeout:g} s of SIGTERM\n{self.tail()}")
         return status, time.monotonic() - started
+
+    def crash(self) -> None:
+        """kill -9: no handler runs, nothing is flushed or cleaned up."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
 
     def kill(self) -> None:
         """Teardown: whatever happened, no daemon outlives its test."""

@@ -1,5 +1,6 @@
 """Config files, sidecars and the YAML reader: what users write, and what they are told when it is wrong."""
 
+import os
 import re
 import time
 from pathlib import Path
@@ -299,7 +300,9 @@ def test_invalid_sweeps_are_refused_naming_the_key(tmp_path: Path, text: str, ex
     assert_plain_lines(message)
 
 
-@pytest.mark.parametrize("name", ["../../etc", "..", ".hidden", "a/b", "a\\b", "a\nb", "a\x00b", "", " x", "x" * 121])
+@pytest.mark.parametrize(
+    "name", ["../../etc", "..", ".hidden", "a/b", "a\\b", "a\nb", "a\x00b", "a\u2028b", "", " x", "x" * 121]
+)
 def test_unsafe_output_names_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="name: must be a single folder name"):
         sidecar_from_mapping({"name": name}, source="job.yaml", defaults=StyleParams())
@@ -363,3 +366,14 @@ def test_validate_file_on_sidecars(tmp_path: Path) -> None:
     assert validate_file(layers) == "sidecar ok: 1 job"
     with pytest.raises(ConfigError, match="style_layers: unknown layer 'relu1_1' for resnet18"):
         validate_file(layers, defaults=StyleParams(backbone="resnet18"))
+
+
+def test_an_untrusted_yaml_file_is_read_only_if_it_is_a_regular_file_reached_directly(tmp_path: Path) -> None:
+    real = write(tmp_path / "real.yaml", "iterations: 3\n")
+    (tmp_path / "link.yaml").symlink_to(real)
+    os.mkfifo(tmp_path / "pipe.yaml")
+    assert load_yaml(tmp_path / "link.yaml") == {"iterations": 3}  # a config may well be a link
+    with pytest.raises(ConfigError, match="link.yaml is a symbolic link"):
+        load_yaml(tmp_path / "link.yaml", untrusted=True)
+    with pytest.raises(ConfigError, match="pipe.yaml is not a regular file"):
+        load_yaml(tmp_path / "pipe.yaml", untrusted=True)  # at once: nothing will ever write to it

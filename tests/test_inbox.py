@@ -244,3 +244,46 @@ def test_every_file_ends_in_exactly_one_submission() -> None:
     submissions = plan([entry(n, waited=TIMEOUT) for n in names], refs, ["starry.jpg"], TIMEOUT)
     owned = [f for s in submissions for f in s.files]
     assert sorted(owned) == sorted(names)
+
+
+# ---- a copy that stopped half way, and names no one means ----
+
+
+def stalled(path: str, unchanged: float) -> Entry:
+    """A file still open for writing (the watcher saw it written, never closed)."""
+    return Entry(path, complete=False, waited=unchanged + 5, unchanged=unchanged, writing=True)
+
+
+def test_a_copy_that_stopped_half_way_never_starts_and_its_job_is_refused_after_pair_timeout() -> None:
+    style = entry("cat.style.png", waited=TIMEOUT * 2)
+    assert planned(stalled("cat.content.png", TIMEOUT - 1), style) == []
+    refused = only(planned(stalled("cat.content.png", TIMEOUT), style))
+    assert refused.kind == "pair" and set(refused.files) == {"cat.content.png", "cat.style.png"}
+    assert "cat.content.png has been open for writing and unchanged for 600 s" in refused.problem
+    assert "copy it again" in refused.problem
+    # In a folder, the whole folder goes; a file still growing is not stalled, however long it takes.
+    folder = only(planned(entry("trip/style.png"), stalled("trip/a.png", TIMEOUT)))
+    assert folder.kind == "folder" and "trip/a.png has been open for writing" in folder.problem
+    growing = Entry("trip/a.png", complete=False, waited=TIMEOUT * 3, unchanged=1.0, writing=True)
+    assert planned(entry("trip/style.png"), growing) == []
+
+
+@pytest.mark.parametrize("bad", ["new\nline", "tab\there", "bell\a", "undecodable\udcff", "sep\u2028arator"])
+def test_a_name_with_control_characters_or_undecodable_bytes_is_refused_at_once(bad) -> None:
+    pair = planned(entry(f"{bad}.content.png"), entry(f"{bad}.style.png"))
+    assert len(pair) == 2 and all(s.kind == "refused" for s in pair)
+    for submission in pair:
+        assert "rename it" in submission.problem and repr(submission.files[0]) in submission.problem
+        assert submission.name.isprintable()  # the failed/ folder's name and the log lines
+    folder = only(planned(entry("trip/style.png"), entry(f"trip/{bad}.png")))
+    assert folder.kind == "folder" and repr(f"trip/{bad}.png") in folder.problem
+    refs = {"night.yaml": SidecarRefs(content=(f"{bad}.png",), style=("s.png",))}
+    by_kind = {s.kind: s for s in planned(entry(f"{bad}.png"), entry("night.yaml"), sidecars=refs, library=["s.png"])}
+    assert "is not a file name in the inbox" in by_kind["sidecar"].problem
+    assert by_kind["refused"].files == (f"{bad}.png",)
+
+
+def test_spaces_and_unicode_are_ordinary_names() -> None:
+    for name in ("my cat", "café ☕", "日本"):
+        pair = only(planned(entry(f"{name}.content.png"), entry(f"{name}.style.png")))
+        assert (pair.name, pair.kind, pair.problem) == (name, "pair", None)

@@ -1,5 +1,6 @@
 """When inbox files count as complete, and the observer's supervision."""
 
+import logging
 import time
 
 import pytest
@@ -78,3 +79,51 @@ def test_a_subfolder_counts_once_its_job_folder_settled(tmp_path):
     assert not entry(watcher, "trip/raw/").complete
     time.sleep(0.35)
     assert entry(watcher, "trip/raw/").complete
+
+
+def test_a_file_still_open_for_writing_is_never_complete_however_long_it_settles(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0.1)
+    watcher.start()
+    try:
+        with open(tmp_path / "a.png", "wb") as file:
+            file.write(b"half a picture")
+            file.flush()
+            wait_for(lambda: entry(watcher, "a.png").writing)
+            time.sleep(0.3)
+            stuck = entry(watcher, "a.png")
+            assert not stuck.complete and stuck.writing and stuck.unchanged >= 0.3
+        wait_for(lambda: entry(watcher, "a.png").complete)  # the close
+        assert not entry(watcher, "a.png").writing
+    finally:
+        watcher.stop()
+
+
+def test_without_close_events_settling_decides_alone(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0.1, observer="polling")
+    watcher.start()
+    try:
+        watcher.wake.clear()
+        with open(tmp_path / "a.png", "wb") as file:
+            file.write(b"data")
+            file.flush()
+            wait_for(watcher.wake.is_set)  # the observer has seen it
+            wait_for(lambda: entry(watcher, "a.png").complete)
+            assert not entry(watcher, "a.png").writing
+    finally:
+        watcher.stop()
+
+
+def test_when_watchdog_says_events_were_lost_what_they_said_about_writers_is_forgotten(tmp_path):
+    watcher = InboxWatcher(tmp_path, settle_seconds=0.1)
+    watcher.start()
+    try:
+        with open(tmp_path / "a.png", "wb") as file:
+            file.write(b"data")
+            file.flush()
+            wait_for(lambda: entry(watcher, "a.png").writing)
+            logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+            assert not entry(watcher, "a.png").writing
+            wait_for(lambda: entry(watcher, "a.png").complete)  # by settling
+    finally:
+        watcher.stop()
+    assert watcher._lost_events not in logging.getLogger("watchdog.observers.inotify_c").handlers
