@@ -91,6 +91,10 @@ def result_metadata(params: StyleParams, weights: WeightsInfo, seed: int, extra:
 
 
 
+# a job with one result names its files plainly: losses.csv, not cat.losses.csv
+SINGLE_RESULT_NAMES = ("losses.csv", "progress.gif", "losses.png", "compare.jpg")
+
+
 @dataclass(frozen=True)
 class ResultFiles:
     """The files of one result inside its job's staging folder."""
@@ -98,6 +102,8 @@ class ResultFiles:
     image: Path
     losses: Path
     gif: Path
+    plot: Path
+    compare: Path
     summary: Path  # hidden: read back into job.json at publication
 
 
@@ -106,6 +112,8 @@ def result_files(staging: Path, label: str, output_format: str) -> ResultFiles:
         image=staging / f"{label}.{output_format}",
         losses=staging / f"{label}.losses.csv",
         gif=staging / f"{label}.progress.gif",
+        plot=staging / f"{label}.losses.png",
+        compare=staging / f"{label}.compare.jpg",
         summary=staging / f".{label}.run.json",
     )
 
@@ -132,9 +140,10 @@ def publish(staging: Path, outbox: Path, name: str, job_record: dict[str, Any], 
     if done:
         return target
     if single_label is not None:
-        for old, new in ((f"{single_label}.losses.csv", "losses.csv"), (f"{single_label}.progress.gif", "progress.gif")):
-            if (staging / old).exists():
-                os.replace(staging / old, staging / new)
+        for kind in SINGLE_RESULT_NAMES:
+            old, new = staging / f"{single_label}.{kind}", staging / kind
+            if old.exists() and not new.exists():  # a result may itself be called losses.png
+                os.replace(old, new)
     summaries = sorted(staging.glob(".*.run.json"))
     # A job.json from an attempt that crashed after removing some summaries holds theirs.
     written = _job_json_results(staging) + [json.loads(path.read_text()) for path in summaries]

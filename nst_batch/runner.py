@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from loguru import logger
@@ -25,6 +25,7 @@ from .imagefile import read_image
 from .model import load_model
 from .inbox import LIBRARY_PREFIX
 from .outbox import result_files, write_result
+from .plots import write_compare, write_loss_plot
 from .store import JobRecord, RunRecord, Store
 
 PROGRESS_EVERY_S = 1.0
@@ -116,7 +117,7 @@ class Runner:
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
         try:
-            self._write(job, run, params, weights, result, frames)
+            self._write(job, run, params, weights, result, frames, content, styles)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
             return Outcome("no_space" if _no_space(error) else "retry", f"could not write the result: {error}")
         final = result.history[-1]
@@ -143,11 +144,12 @@ class Runner:
 
         return on_progress
 
-    def _write(self, job, run, params, weights, result, frames) -> None:
+    def _write(self, job, run, params, weights, result, frames, content, styles) -> None:
         files = result_files(self.folders.staging_dir(job.id), run.label, self.config.output_format)
         files.image.parent.mkdir(parents=True, exist_ok=True)
         extra = {"job": job.label, "content": run.content, "styles": list(run.styles), "varying": run.varying}
         write_result(result, params, weights, files.image, files.losses, files.gif, frames, extra)
+        self._draw(job, run, result, content, styles, files)
         final = result.history[-1]
         summary = {
             "label": run.label,
@@ -162,6 +164,18 @@ class Runner:
             "precision": self.speed(params).autocast or "fp32",
         }
         atomic_write(files.summary, _json(summary))
+
+
+    def _draw(self, job, run, result, content, styles, files) -> None:
+        """The pictures of a result: its loss curves and content | style | result."""
+        names = [PurePosixPath(run.content).name, *(PurePosixPath(s).name for s in run.styles), "result"]
+        try:
+            write_loss_plot(files.plot, result.history, result.scale_starts, result.early_stops, title=run.label)
+            write_compare(files.compare, content, styles, result.image, captions=names)
+        except OSError:
+            raise  # a full disk: the same retry as every other write
+        except Exception:  # a picture that cannot be drawn must not cost the result
+            logger.bind(job=job.label).exception(f"{run.label}: could not draw losses.png or compare.jpg")
 
 
 def _json(data) -> str:

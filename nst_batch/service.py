@@ -7,6 +7,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 from loguru import logger
 
@@ -15,7 +16,8 @@ from .config import Config
 from .engine import StyleParams
 from .intake import Intake
 from .outbox import publish, versions
-from . import tuning
+from .plots import sweep_entries, write_sweep_sheet
+from . import gallery, tuning
 from .capacity import Capacity
 from .runner import Runner
 from .scheduler import Active, Candidate, admit
@@ -48,6 +50,7 @@ class Service:
         self._last_ping = 0.0
         self._stop_signal: int | None = None
         self._stop_announced = False
+        self._gallery_failures = -1  # failed jobs the gallery shows; -1: not built yet
         self._held_until = 0.0  # monotonic time before which nothing starts (a full disk)
         self._unfinished: set[int] = set()  # jobs whose publication or disposal failed; retried
 
@@ -68,6 +71,7 @@ class Service:
         self.workers = Workers(self.runner, self.folders, self.stop, self.work.set)
         for job in self.store.jobs(*ACTIVE):
             self._finish_if_complete(job.id)
+        self._rebuild_gallery()
         self._start_intake()
         notify("READY=1", "STATUS=watching the inbox")
         logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
@@ -153,6 +157,8 @@ class Service:
 
     def _idle(self) -> None:
         counts = self.store.counts()
+        if counts.get("failed", 0) != self._gallery_failures:  # failed by the intake, not by a run
+            self._rebuild_gallery()
         notify(f"STATUS=idle; {counts.get('queued', 0)} queued, {counts.get('done', 0)} done, {counts.get('failed', 0)} failed")
         self._heartbeat()
         self.work.wait(1.0)
@@ -266,6 +272,8 @@ class Service:
         staging = self.folders.staging_dir(job_id)
         if len(failed) < len(runs):
             single = runs[0].label if len(runs) == 1 else None
+            if single is None:
+                self._draw_sweep(job, staging, runs)
             folder = publish(staging, self.folders.outbox, job.outbox_name, self._job_json(job, runs), single)
             log.info(f"{job.name}: results in {folder}")
         else:
@@ -282,6 +290,30 @@ class Service:
         else:
             dispose_success(self.folders, job_id, job.name, self.config.on_success)
             self.store.set_job_status(job_id, "done")
+        self._rebuild_gallery()
+
+    def _draw_sweep(self, job: JobRecord, staging: Path, runs: list[RunRecord]) -> None:
+        """sweep.jpg: the results of a many-result job side by side, labelled with what varies."""
+        if (staging / "sweep.jpg").exists():  # a result may itself be called sweep.jpg
+            return
+        results = [{"label": r.label, "status": r.status, "content": r.content, "styles": list(r.styles),
+                    "varying": r.varying} for r in runs]
+        try:
+            entries = sweep_entries(staging, results)
+            if entries:
+                write_sweep_sheet(staging / "sweep.jpg", entries)
+        except OSError:
+            raise
+        except Exception:  # a picture that cannot be drawn must not cost the job
+            logger.bind(job=job.label).exception(f"{job.name}: could not draw sweep.jpg")
+
+    def _rebuild_gallery(self) -> None:
+        """outbox/index.html, after every job and whenever the intake failed one."""
+        try:
+            gallery.rebuild(self.folders.outbox, gallery.failed_jobs(self.store.recent_failures(limit=200)))
+            self._gallery_failures = self.store.counts().get("failed", 0)
+        except Exception:  # the gallery is a view: never worth stopping the daemon for
+            logger.exception("could not rebuild outbox/index.html")
 
     def _keep_log(self, job_id: int) -> None:
         """No result to publish: the job's log goes with its inputs (to failed/), not away."""

@@ -280,7 +280,9 @@ def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_retu
     record = json.loads((outbox / "cat" / "job.json").read_text())
     assert record["results"][0]["iterations"] == 4 and "seed" in record["results"][0]
     assert [int(row[0]) for row in loss_rows(outbox / "cat" / "losses.csv")[1]] == [1, 2, 3, 4]
-    assert sorted(p.name for p in (outbox / "cat").iterdir()) == ["cat.png", "job.json", "log.txt", "losses.csv"]
+    assert sorted(p.name for p in (outbox / "cat").iterdir()) == [
+        "cat.png", "compare.jpg", "job.json", "log.txt", "losses.csv", "losses.png", "thumb.jpg"
+    ]
     leftovers = [p for p in (*outbox.rglob("*"), *state.rglob("*")) if p.name.endswith(".tmp")]
     assert leftovers == [] and list((state / "checkpoints").iterdir()) == []
     assert sorted(p.name for p in (state / "archive" / "cat").iterdir()) == ["cat.content.png", "cat.style.png"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from daemon_helpers import Daemon, daemon_factory, image_bytes, loss_rows, make_image, write_slowly  # noqa: F401
 from nst_batch import status
@@ -95,7 +96,11 @@ def test_drops_become_results_or_reasons_while_the_daemon_keeps_running(daemon_f
 
     # A pair: the image, losses.csv and job.json; the inputs archived.
     plain = daemon.outbox / "plain"
-    assert sorted(p.name for p in plain.iterdir()) == ["job.json", "log.txt", "losses.csv", "plain.png"]
+    assert sorted(p.name for p in plain.iterdir()) == [
+        "compare.jpg", "job.json", "log.txt", "losses.csv", "losses.png", "plain.png", "thumb.jpg"
+    ]
+    gallery = (daemon.outbox / "index.html").read_text()
+    assert 'href="plain/' in gallery and "plain/thumb.jpg" in gallery
     assert_losses(plain / "losses.csv", 3)
     record = done["plain"]
     assert (record["name"], record["status"], record["device"]) == ("plain", "done", "cpu")
@@ -116,7 +121,9 @@ def test_drops_become_results_or_reasons_while_the_daemon_keeps_running(daemon_f
 
     # A folder: one result per content, named by the content.
     trio = daemon.outbox / "trio"
-    assert {p.name for p in trio.glob("*.png")} == {"alpha.png", "beta.png", "gamma.png"}
+    results = {p.name for p in trio.glob("*.png") if not p.name.endswith(".losses.png")}
+    assert results == {"alpha.png", "beta.png", "gamma.png"}
+    assert (trio / "sweep.jpg").exists()  # three contents side by side
     assert sorted(r["label"] for r in done["trio"]["results"]) == ["alpha", "beta", "gamma"]
     for label in ("alpha", "beta", "gamma"):
         assert_losses(trio / f"{label}.losses.csv", 3)
@@ -128,6 +135,8 @@ def test_drops_become_results_or_reasons_while_the_daemon_keeps_running(daemon_f
     for label in labels:
         assert (sweep / f"{label}.png").exists()
         assert_losses(sweep / f"{label}.losses.csv", int(re.search(r"iterations=(\d)", label).group(1)))
+        assert (sweep / f"{label}.losses.png").exists() and (sweep / f"{label}.compare.jpg").exists()
+    assert Image.open(sweep / "sweep.jpg").size[0] > 2 * Image.open(sweep / f"{labels[0]}.png").size[0]
 
     # The library's style is used, never claimed.
     assert_losses(daemon.outbox / "night" / "losses.csv", 2)
