@@ -90,9 +90,11 @@ def writing(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
 
 def publishing(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
     """A result folder has just appeared in the outbox; its job is not recorded done yet."""
-    published = {p.name for p in daemon.outbox.iterdir() if not p.name.startswith(".")}
+    published = {p.name for p in daemon.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")}
     done = len(daemon.query("SELECT id FROM jobs WHERE status='done'"))
-    return lambda: sum(1 for p in daemon.outbox.iterdir() if not p.name.startswith(".")) > max(len(published), done)
+    return lambda: sum(1 for p in daemon.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")) > max(
+        len(published), done
+    )
 
 
 def anytime(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
@@ -147,8 +149,9 @@ def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) 
     # The outbox: exactly one complete folder per job, nothing hidden or temporary in it.
     staging = daemon.outbox / ".staging"
     assert list(staging.iterdir()) == []
-    folders = {p.name: p for p in daemon.outbox.iterdir() if p != staging}
+    folders = {p.name: p for p in daemon.outbox.iterdir() if p.is_dir() and p != staging}
     assert sorted(folders) == sorted(JOBS)
+    assert sorted(p.name for p in daemon.outbox.iterdir() if not p.is_dir()) == ["index.html"]  # the gallery
     ids = {j["name"]: j["id"] for j in jobs}
     for name, folder in folders.items():
         hidden = [p for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
@@ -165,7 +168,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) 
             # One row per iteration, in order: none lost or repeated, whatever the kills.
             assert [int(row[0]) for row in loss_rows(losses)[1]] == list(range(1, ITERATIONS + 1))
     assert len(json.loads((folders["sweep"] / "job.json").read_text())["results"]) == 2
-    assert {p.name for p in folders["duo"].glob("*.png")} == {"one.png", "two.png"}
+    assert {p.name for p in folders["duo"].glob("*.png") if ".losses." not in p.name} == {"one.png", "two.png"}
 
     # Every input is in exactly one place: here, all archived; nothing left anywhere else.
     where = [(p, sha256(p)) for p in files_under(daemon.inbox, daemon.state / "jobs", daemon.state / "archive",
@@ -268,7 +271,7 @@ def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_retu
         wait_for(lambda: len(refused) >= 3, 60, f"writes of {where} to be refused", lambda: "\n".join(lines))
         # Not done, nothing visible in the outbox, and the failures cost no attempt.
         assert job()["status"] in ("queued", "running")
-        assert [p.name for p in outbox.iterdir()] == [".staging"]
+        assert [p.name for p in outbox.iterdir() if p.is_dir()] == [".staging"]  # no result folder yet
         assert query(state, "SELECT attempts FROM runs")[0]["attempts"] <= 1
         assert any("No space left on device" in line and "trying again" in line for line in lines)
         full.clear()
