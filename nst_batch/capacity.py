@@ -15,6 +15,9 @@ from .memory import Fit, MemoryModel, Sample, fit, make_fit, run_need
 from .store import RunRecord, Store
 
 GPU_CONCURRENCY = 4
+# Predictions are padded by this fraction. On a CPU, glibc's heap makes identical runs peak 4-13%
+# apart and the probes' small sizes overshoot large ones (docs/benchmarks.md): a wider margin.
+MARGIN = {"cuda": 0.10, "cpu": 0.25}
 
 
 class Capacity:
@@ -50,7 +53,8 @@ class Capacity:
 
     def model(self, store: Store, backbone: str) -> MemoryModel:
         if backbone not in self._models:
-            self._models[backbone] = fit(store.samples(self.device_key, backbone))
+            prior = MemoryModel(margin=MARGIN[self.device.type])
+            self._models[backbone] = fit(store.samples(self.device_key, backbone), prior)
         return self._models[backbone]
 
     def need(self, store: Store, run: RunRecord) -> int:
@@ -63,8 +67,16 @@ class Capacity:
         model = self.model(store, params.backbone)
         return make_fit(params, run.content_size, len(run.styles), model, self.budget, self.config.scheduler.too_big)
 
-    def learn(self, store: Store, run: RunRecord, peak_bytes: int, iterations: int, last_scale: int, seconds: float) -> None:
-        """Keep what a run measured alone, so later predictions account for it."""
+    def learn(
+        self, store: Store, run: RunRecord, peak_bytes: int, iterations: int, last_scale: int, seconds: float, fp32: bool
+    ) -> None:
+        """Keep what a run measured alone, so later predictions account for it.
+
+        Only fp32 runs teach the model: it predicts fp32 needs, and a bf16 run's smaller peak would
+        pull it below what an fp32 run of the same shape needs.
+        """
+        if not fp32:
+            return
         params = StyleParams.model_validate(run.params)
         need = measured_need(params, run.content_size, len(run.styles), max(1, last_scale))
         store.add_sample(self.device_key, params.backbone, Sample(need, peak_bytes, seconds / max(1, iterations)), "run")

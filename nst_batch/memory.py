@@ -43,7 +43,7 @@ def layer_shape(backbone: str, layer: str, height: int, width: int) -> tuple[int
     """(channels, height, width) of a layer's output for an input of height x width."""
     if backbone == "resnet18":
         channels, factor, _ = _RESNET_STAGES[layer]
-        return channels, max(1, height // factor), max(1, width // factor)
+        return channels, max(1, -(-height // factor)), max(1, -(-width // factor))  # strided convs round up
     block = int(layer[4] if layer.startswith("pool") else layer.split("_")[0][-1])
     halvings = block if layer.startswith("pool") else block - 1
     return _VGG_WIDTHS[block - 1], height >> halvings, width >> halvings
@@ -81,7 +81,8 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     names = LAYERS[params.backbone]
     deepest = max(layers, key=names.index)
     pixels = 3 * height * width * FLOAT_BYTES
-    optimizer = 2 * pixels if params.optimizer == "adam" else (2 * params.lbfgs_history + 4) * pixels
+    history = min(params.lbfgs_history, params.iterations)  # each scale starts a fresh optimizer
+    optimizer = 2 * pixels if params.optimizer == "adam" else (2 * history + 4) * pixels
     content_targets = sum(_elements(params.backbone, name, height, width) for name in params.content_layer_names)
     style_targets = sum(layer_shape(params.backbone, name, 1, 1)[0] ** 2 for name in params.style_layer_names)
     style_size = max(16, round(params.image_size * params.style_scale))

@@ -38,6 +38,7 @@ class Outcome:
     iterations: int = 0  # done by the end, all scales together
     last_scale_iterations: int = 0  # how deep the L-BFGS history got
     seconds: float = 0.0
+    fp32: bool = True  # ran without reduced precision: its peak can teach the memory model
 
 
 class Runner:
@@ -122,7 +123,8 @@ class Runner:
             return Outcome("no_space" if _no_space(error) else "retry", f"could not write the result: {error}")
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
-        return Outcome("done", None, final.iteration, final.iteration - result.scale_starts[-1], final.elapsed_s)
+        last_scale = final.iteration - result.scale_starts[-1]
+        return Outcome("done", None, final.iteration, last_scale, final.elapsed_s, speed.autocast is None)
 
     def _progress(
         self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store, log

@@ -234,7 +234,9 @@ class Service:
         log = logger.bind(job=work.job.label)
         if outcome.status in ("done", "out_of_memory") and not work.shared and work.peak_bytes:
             last_scale = outcome.last_scale_iterations if outcome.status == "done" else 10**6
-            self.capacity.learn(self.store, run, work.peak_bytes, outcome.iterations, last_scale, outcome.seconds)
+            self.capacity.learn(
+                self.store, run, work.peak_bytes, outcome.iterations, last_scale, outcome.seconds, outcome.fp32
+            )
         if outcome.status == "done":
             self.store.finish_run(run.id, outcome.seconds, work.peak_bytes or None)
         elif outcome.status == "stopped":

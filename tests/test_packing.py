@@ -109,13 +109,15 @@ def test_out_of_memory_every_time_ends_in_failed_with_the_reason(tmp_path, monke
 
 @pytest.mark.parametrize("policy", ["downscale", "adam", "lbfgs_history"])
 def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, monkeypatch, policy):
-    service = make_service(tmp_path, monkeypatch, memory_budget="600MiB", too_big=policy)
+    service = make_service(tmp_path, monkeypatch, memory_budget="700MiB", too_big=policy)
     job = queue_job(service, "big")
     params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
-    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, "iterations": 1}, None)
+    # 100 iterations book a full L-BFGS history; the early stop ends the run after two
+    quick = {"iterations": 100, "early_stop_tol": 0.99, "early_stop_window": 1}
+    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, **quick}, None)
     run_until_settled(service)
     result = json.loads((service.folders.outbox / "big" / "job.json").read_text())["results"][0]
-    assert result["status"] == "done" and "the budget is 0.59 GiB" in result["warning"]
+    assert result["status"] == "done" and "the budget is 0.68 GiB" in result["warning"]
     changed = {"downscale": "image_size", "adam": "optimizer", "lbfgs_history": "lbfgs_history"}[policy]
     assert changed in result["warning"]
     params = result["params"]
@@ -125,11 +127,11 @@ def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, mo
 
 
 def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatch):
-    service = make_service(tmp_path, monkeypatch, memory_budget="600MiB", too_big="fail")
+    service = make_service(tmp_path, monkeypatch, memory_budget="700MiB", too_big="fail")
     job = queue_job(service, "big")
     params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
-    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256}, None)
+    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, "iterations": 100}, None)
     run_until_settled(service)
     error = (service.folders.failed / "big" / "error.txt").read_text()
-    assert "the memory budget is 0.59 GiB" in error and "it would fit with" in error and "image_size:" in error
+    assert "the memory budget is 0.68 GiB" in error and "it would fit with" in error and "image_size:" in error
     service.store.close()
