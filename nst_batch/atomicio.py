@@ -28,20 +28,8 @@ def _test_pause() -> None:
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (str is written as UTF-8) in one atomic step."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    temp = _create_temp(path)
-    try:
-        with open(temp, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        _test_pause()
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(Path(path)) as temp:
+        temp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 @contextmanager
