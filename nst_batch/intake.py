@@ -25,6 +25,7 @@ from .errors import InputError, NstBatchError
 from .imagefile import image_size
 from .inbox import LIBRARY_PREFIX, SIDECAR_SUFFIXES, SidecarRefs, Submission, is_ignored, plan
 from .outbox import gif_frame_every
+from .labels import format_value
 from .sidecar import Sidecar, SidecarJob, load_sidecar
 from .store import JobRecord, RunSpec, Store
 from .watcher import InboxWatcher
@@ -250,16 +251,8 @@ def _label(name: str, content: str, styles: tuple[str, ...], varying: dict, n_co
     if n_styles > 1:
         parts.append("+".join(PurePosixPath(s).stem for s in styles))
     if n_combos > 1:
-        parts.extend(f"{key}={_short(value)}" for key, value in varying.items())
+        parts.extend(f"{key}={format_value(value)}" for key, value in varying.items())
     return "_".join(parts) or name
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "+".join(_short(v) for v in value)
-    return str(value)
 
 
 def _deduplicate_labels(runs: list[RunSpec]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .atomicio import atomic_path
+from .labels import format_value
 
 JPEG_QUALITY = 90
 THUMB_QUALITY = 82
@@ -186,15 +187,6 @@ def varying_keys(all_values: Sequence[Mapping[str, Any]]) -> list[str]:
     """The keys, in first-seen order, whose value is not the same in every mapping."""
     keys = _distinct([k for values in all_values for k in values])
     return [k for k in keys if len(_distinct([repr(v.get(k)) for v in all_values])) > 1]
-
-
-def format_value(value: Any) -> str:
-    """How a varying value is written on a sheet: ``1e+05``, ``0``, ``a+b`` (as in result names)."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "+".join(format_value(v) for v in value)
-    return str(value)
 
 
 # --- thumbnails ---------------------------------------------------------------------------------
