@@ -1,6 +1,10 @@
 """stylize(): optimize an image so its features match a content image and its Gram matrices
 match one or more style images, coarse to fine, reporting through a callback.
 
+stylize_batch() runs several such transfers of the same image shape through shared forward
+passes: the network sees them as one batch, while each keeps its own losses, optimizer (an
+L-BFGS history and step of its own), early stop and callback, so each ends as it would alone.
+
 Tensors and parameters in, image and loss history out. Nothing here prints, reads files or
 knows about jobs; a caller that wants to stop (a daemon shutting down) returns True from the
 callback and gets back a :class:`RunState` to resume from later.
@@ -16,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DivergedError, InputError
+from ..errors import DivergedError, InputError, NstBatchError
 from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
 from .losses import ContentLoss, StyleLoss, StyleTransferLoss
@@ -113,6 +117,18 @@ class Result:
 Callback = Callable[[Progress], bool | None]
 
 
+@dataclass(frozen=True)
+class Member:
+    """One transfer of a batch: the arguments of a stylize() call."""
+
+    content: torch.Tensor
+    styles: Sequence[torch.Tensor]
+    params: StyleParams
+    init_image: torch.Tensor | None = None
+    callback: Callback | None = None
+    resume: RunState | None = None
+
+
 def stylize(
     network: Network,
     content: torch.Tensor,
@@ -131,35 +147,118 @@ def stylize(
     result then carries the state to resume from. ``speed`` runs the network in reduced
     precision or channels-last layout (losses stay in fp32).
     """
-    if not styles:
-        raise ValueError("stylize needs at least one style image")
-    if params.init not in ("content", "noise") and init_image is None:
-        raise ValueError(f"init={params.init!r} names an image: pass it as init_image")
-    blend = params.blend_weights(len(styles))
-    device = network.device
-    layers = (*params.content_layer_names, *params.style_layer_names)
-    extractor = FeatureExtractor(network, layers, params.pooling, speed)
-    state = resume or RunState(
-        seed=params.seed if params.seed is not None else secrets.randbelow(2**31),
-        scale=0, iteration=0, image=torch.empty(0), optimizer={},
-    )
-    sizes = params.scale_sizes
-    _check_short_sides(extractor, content, styles, params, sizes[0])
-    started = time.perf_counter() - state.elapsed_s
-    for scale in range(state.scale, len(sizes)):
-        content_now = resize_long_side(content, sizes[scale]).to(device)
-        if scale != state.scale or resume is None:
-            image = _starting_image(scale, state, content_now, init_image, params)
-            state = replace(state, scale=scale, optimizer={}, scale_starts=[*state.scale_starts, state.iteration])
+    (outcome,) = stylize_batch(network, [Member(content, styles, params, init_image, callback, resume)], speed=speed)
+    if isinstance(outcome, NstBatchError):
+        raise outcome
+    return outcome
+
+
+def batch_key(params: StyleParams, content_shape: Sequence[int]) -> tuple:
+    """Transfers with equal keys can share a batch: the same network truncation and pooling,
+    and the same image shape at every scale. Everything else (weights, optimizer, iterations,
+    seed, style images) may differ between members."""
+    height, width = content_shape[-2:]
+    layers = frozenset((*params.content_layer_names, *params.style_layer_names))
+    shapes = tuple(fit_long_side(height, width, size) for size in params.scale_sizes)
+    return (params.backbone, params.pooling, layers, shapes)
+
+
+def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed = Speed()) -> list[Result | NstBatchError]:
+    """Run several transfers with equal :func:`batch_key` through one forward and backward pass
+    per iteration. Each member gets what stylize() would have given it: its Result, or in its
+    place the error (bad input, a diverged loss) that ended it alone; the others go on.
+    """
+    if not members:
+        return []
+    if len({batch_key(m.params, m.content.shape) for m in members}) > 1:
+        raise ValueError("the members of a batch must have equal batch_key()s (layers, pooling, image shapes)")
+    for member in members:
+        if not member.styles:
+            raise ValueError("stylize needs at least one style image")
+        if member.params.init not in ("content", "noise") and member.init_image is None:
+            raise ValueError(f"init={member.params.init!r} names an image: pass it as init_image")
+    first = members[0].params
+    layers = (*first.content_layer_names, *first.style_layer_names)
+    extractor = FeatureExtractor(network, layers, first.pooling, speed)
+    transfers = [_Transfer(extractor, member, network.device) for member in members]
+    for scale in range(len(first.scale_sizes)):
+        _iterate(extractor, [run for transfer in transfers if (run := transfer.enter(scale)) is not None])
+        for transfer in transfers:
+            transfer.leave(scale)
+    return [transfer.outcome() for transfer in transfers]
+
+
+class _Transfer:
+    """One member's way through the scales: its state between them, and how it ended."""
+
+    def __init__(self, extractor: FeatureExtractor, member: Member, device: torch.device):
+        self.extractor, self.member, self.params, self.device = extractor, member, member.params, device
+        self.state = member.resume or RunState(
+            seed=self.params.seed if self.params.seed is not None else secrets.randbelow(2**31),
+            scale=0, iteration=0, image=torch.empty(0), optimizer={},
+        )
+        self.resuming = member.resume is not None
+        self.started = time.perf_counter() - self.state.elapsed_s
+        self.error: NstBatchError | None = None
+        self.interrupted = False
+        self.run: _ScaleRun | None = None
+        try:
+            self.blend = self.params.blend_weights(len(member.styles))
+            _check_short_sides(extractor, member.content, member.styles, self.params, self.params.scale_sizes[0])
+        except InputError as error:
+            self.error = error
+
+    def enter(self, scale: int) -> "_ScaleRun | None":
+        """The run of this scale, or None when this member has ended or already passed it."""
+        if self.error is not None or self.interrupted or scale < self.state.scale:
+            return None
+        sizes = self.params.scale_sizes
+        content = resize_long_side(self.member.content, sizes[scale]).to(self.device)
+        if self.resuming and scale == self.state.scale:
+            image = self.state.image.to(content.device)
         else:
-            image = state.image.to(device)
-        loss_fn = _loss(extractor, content_now, styles, params, blend, sizes[scale])
-        run = _ScaleRun(extractor, loss_fn, image, params, state, started, len(sizes))
-        state, stop = run.iterate(callback)
-        if stop:
-            return _result(state, content, params, interrupted=True)
-        resume = None
-    return _result(state, content, params, interrupted=False)
+            image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
+            self.state = replace(
+                self.state, scale=scale, optimizer={}, scale_starts=[*self.state.scale_starts, self.state.iteration]
+            )
+        self.resuming = False
+        loss_fn = _loss(self.extractor, content, self.member.styles, self.params, self.blend, sizes[scale])
+        self.run = _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback)
+        return self.run
+
+    def leave(self, scale: int) -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        if run.error is not None:
+            self.error = run.error
+        elif run.stopped:
+            self.state, self.interrupted = run.stop_state, True
+        else:  # the next scale starts a fresh optimizer: copying this one's state would be wasted
+            self.state = run.snapshot(with_optimizer=False)
+
+    def outcome(self) -> Result | NstBatchError:
+        if self.error is not None:
+            return self.error
+        return _result(self.state, self.member.content, self.params, interrupted=self.interrupted)
+
+
+def _iterate(extractor: FeatureExtractor, runs: list["_ScaleRun"]) -> None:
+    """Step every run of one scale until each has ended: one forward and backward pass of all
+    active images per iteration. A run's loss depends on its own image alone (the network mixes
+    nothing across a batch), so the summed loss gives each image exactly its own gradient."""
+    active = [run for run in runs if not run.ended()]
+    while active:
+        for run in active:
+            run.optimizer.zero_grad(set_to_none=True)
+        images = [run.image for run in active]
+        features = extractor(images[0] if len(images) == 1 else torch.cat(images))
+        totals = [run.evaluate({name: f[i : i + 1] for name, f in features.items()}) for i, run in enumerate(active)]
+        sum(totals).backward()
+        del features
+        for run, total in zip(active, totals):
+            run.advance(total)
+        active = [run for run in active if not run.ended()]
 
 
 def _check_short_sides(
@@ -218,10 +317,10 @@ def _loss(
 
 
 class _ScaleRun:
-    """The optimizer loop at one scale."""
+    """One member's optimizer at one scale: it is handed its loss, steps, records and reports."""
 
-    def __init__(self, extractor, loss_fn, image, params: StyleParams, state: RunState, started: float, scales: int):
-        self.extractor, self.loss_fn, self.params, self.state = extractor, loss_fn, params, state
+    def __init__(self, loss_fn, image, params: StyleParams, state: RunState, started: float, scales: int, callback):
+        self.loss_fn, self.params, self.state, self.callback = loss_fn, params, state, callback
         self.started, self.scales = started, scales
         # Callers may pass any layout (a decoded image is often a transposed view); L-BFGS
         # flattens the parameter with .view(), which needs contiguous memory.
@@ -234,45 +333,48 @@ class _ScaleRun:
         self.iteration = state.iteration
         self.scale_start = state.scale_starts[-1]
         self.best = list(accumulate((r.total for r in self.history[self.scale_start :]), min))
+        self.stopped = False  # by the callback
+        self.error: DivergedError | None = None
 
-    def closure(self) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        total, terms = self.loss_fn(self.image, self.extractor(self.image))
-        total.backward()
+    def ended(self) -> bool:
+        """Stopped, failed, out of iterations, or stopped early (an early stop ends its scale)."""
+        if self.stopped or self.error is not None:
+            return True
+        early = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
+        return early or self.iteration - self.scale_start >= self.params.iterations
+
+    def evaluate(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This image's total loss from its features; the caller runs the backward pass."""
+        total, terms = self.loss_fn(self.image, features)
         self.terms = torch.stack([terms["content"], terms["style"], terms["tv"], total]).detach()
         return total
 
-    def done(self) -> bool:
-        """The scale's iterations are spent, or it stopped early (an early stop ends its scale)."""
-        stopped = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
-        return stopped or self.iteration - self.scale_start >= self.params.iterations
-
-    def iterate(self, callback: Callback | None) -> tuple[RunState, bool]:
-        total_iterations = self.params.iterations * self.scales
-        while not self.done():
-            self.optimizer.step(self.closure)
-            self.iteration += 1
-            record = LossRecord(self.iteration, *self.terms.tolist(), time.perf_counter() - self.started)
-            if not math.isfinite(record.total):
-                raise DivergedError(
-                    f"the loss became {record.total} at iteration {self.iteration}: lower lr or the loss weights"
-                    + (" (or use optimizer: lbfgs)" if self.params.optimizer == "adam" else "")
-                )
-            self.history.append(record)
-            self.best.append(min(self.best[-1], record.total) if self.best else record.total)
-            early_stop = self._early_stop()
-            if early_stop:  # recorded before the callback, so a snapshot taken there knows it
-                self.early_stops.append(early_stop)
-            if callback is not None:
-                every = self.params.frame_every
-                frame = self._picture() if every and self.iteration % every == 0 else None
-                progress = Progress(
-                    self.iteration, total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
-                )
-                if callback(progress):
-                    return self.snapshot(), True
-        # the next scale starts a fresh optimizer: copying this one's state would be wasted
-        return self.snapshot(with_optimizer=False), False
+    def advance(self, total: torch.Tensor) -> None:
+        """One optimizer step from the loss and gradient just computed, then record and report."""
+        self.optimizer.step(_evaluated(total))
+        self.iteration += 1
+        record = LossRecord(self.iteration, *self.terms.tolist(), time.perf_counter() - self.started)
+        if not math.isfinite(record.total):
+            self.error = DivergedError(
+                f"the loss became {record.total} at iteration {self.iteration}: lower lr or the loss weights"
+                + (" (or use optimizer: lbfgs)" if self.params.optimizer == "adam" else "")
+            )
+            return
+        self.history.append(record)
+        self.best.append(min(self.best[-1], record.total) if self.best else record.total)
+        early_stop = self._early_stop()
+        if early_stop:  # recorded before the callback, so a snapshot taken there knows it
+            self.early_stops.append(early_stop)
+        if self.callback is not None:
+            every = self.params.frame_every
+            frame = self._picture() if every and self.iteration % every == 0 else None
+            total_iterations = self.params.iterations * self.scales
+            progress = Progress(
+                self.iteration, total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
+            )
+            if self.callback(progress):
+                self.stopped = True
+                self.stop_state = self.snapshot()  # now: the clock must not run on while others finish
 
     def _early_stop(self) -> EarlyStop | None:
         window, tol = self.params.early_stop_window, self.params.early_stop_tol
@@ -297,6 +399,22 @@ class _ScaleRun:
             early_stops=list(self.early_stops),
             elapsed_s=time.perf_counter() - self.started,
         )
+
+
+def _evaluated(total: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The closure an optimizer step asks for, answered with the loss already computed (in the
+    batch's shared pass). L-BFGS with max_iter=1 and no line search evaluates exactly once per
+    step, at its current point: a second call would mean that no longer holds."""
+    calls = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("the optimizer asked for a second evaluation in one step")
+        return total.detach()
+
+    return closure
 
 
 def _optimizer(params: StyleParams, image: torch.Tensor) -> torch.optim.Optimizer:
