@@ -15,6 +15,9 @@ from .memory import Fit, MemoryModel, Sample, fit, make_fit, run_need
 from .store import RunRecord, Store
 
 GPU_CONCURRENCY = 4
+# On a CPU a batch gains little (docs/benchmarks.md); on a GPU a 512 px run leaves most of the
+# card idle, and a batch fills it.
+BATCH = {"cuda": 8, "cpu": 1}
 # Predictions are padded by this fraction. On a CPU, glibc's heap makes identical runs peak 4-13%
 # apart and the probes' small sizes overshoot large ones (docs/benchmarks.md): a wider margin.
 MARGIN = {"cuda": 0.10, "cpu": 0.25}
@@ -27,6 +30,7 @@ class Capacity:
         self.device_key = device_key(device)
         self.budget = self._budget()
         self.max_concurrent = config.scheduler.max_concurrent or (GPU_CONCURRENCY if device.type == "cuda" else 1)
+        self.max_batch = config.scheduler.max_batch or BATCH.get(device.type, 1)
         self._models: dict[str, MemoryModel] = {}
 
     def _budget(self) -> int:
@@ -60,6 +64,10 @@ class Capacity:
     def need(self, store: Store, run: RunRecord) -> int:
         params = StyleParams.model_validate(run.params)
         return self.model(store, params.backbone).peak(run_need(params, run.content_size, len(run.styles)))
+
+    def shared_bytes(self, store: Store, run: RunRecord) -> int:
+        """The part of the run's need that a batch pays once: the model's constant."""
+        return self.model(store, StyleParams.model_validate(run.params).backbone).shared_bytes()
 
     def fit_alone(self, store: Store, run: RunRecord) -> Fit:
         """The run as it is if it fits the budget alone, else changed by the too_big policy, or refused."""

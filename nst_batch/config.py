@@ -70,6 +70,9 @@ class SchedulerConfig(BaseModel):
     max_concurrent: int | None = Field(
         None, ge=1, le=64, description="runs at once at most; null = 4 on a GPU, 1 on a CPU"
     )
+    max_batch: int | None = Field(
+        None, ge=1, le=64, description="runs of one shape that share the network's passes; null = 8 on a GPU, 1 on a CPU"
+    )
     too_big: Literal["lbfgs_history", "adam", "downscale", "fail"] = Field(
         "downscale", description="a run that cannot fit alone: lbfgs_history | adam | downscale | fail"
     )

@@ -118,6 +118,10 @@ class MemoryModel:
         raw = self.constant_bytes + need.exact_bytes + self.per_activation * need.activation_bytes
         return int(raw * (1 + self.margin))
 
+    def shared_bytes(self) -> int:
+        """What every run pays whatever its size (the runtime, the network): a batch pays it once."""
+        return int(max(0.0, self.constant_bytes) * (1 + self.margin))
+
     def seconds_per_iteration(self, need: Need) -> float:
         return self.seconds_constant + self.seconds_per_activation_byte * need.activation_bytes
 

@@ -1,6 +1,7 @@
-"""One run through the engine: read its inputs, resume from its checkpoint, report progress,
-checkpoint every N iterations, stop when asked, and leave its files in the job's staging folder.
-The network of each backbone is loaded once and kept."""
+"""Runs through the engine: read their inputs, resume from their checkpoints, report progress,
+checkpoint every N iterations, stop when asked, and leave their files in their jobs' staging
+folders. Runs of one shape may go through together, as one batch (``engine.stylize_batch``);
+each still ends on its own. The network of each backbone is loaded once and kept."""
 
 import errno
 import gc
@@ -8,8 +9,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -19,7 +20,10 @@ from .atomicio import atomic_path, atomic_write
 from .claims import Folders
 from .config import Config
 from . import tuning
-from .engine import Network, Progress, RunState, Speed, StyleParams, WeightsInfo, resolve_device, stylize
+from .engine import (
+    Member, Network, Progress, Result, RunState, Speed, StyleParams, WeightsInfo, batch_key, resolve_device,
+    stylize_batch,
+)
 from .errors import NstBatchError
 from .imagefile import read_image
 from .model import load_model
@@ -70,61 +74,99 @@ class Runner:
             self._networks[backbone] = load_model(backbone, str(model.weights), model.weights_format, self.device)
         return self._networks[backbone]
 
-    def run(self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store) -> Outcome:
-        """One run, reporting progress into ``store`` (the calling thread's connection)."""
-        log = logger.bind(job=job.label)
+    def batch_key(self, run: RunRecord) -> Hashable | None:
+        """Runs with equal keys can go through together; None (an unknown image size) never does."""
+        if not all(run.content_size):
+            return None
         params = StyleParams.model_validate(run.params)
-        checkpoint = self.folders.checkpoint(run.id)
+        width, height = run.content_size
+        return (batch_key(params, (height, width)), self.speed(params))
+
+    def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:
+        """Runs of one batch_key (or one run), through shared passes of the network; an outcome for
+        each. Progress goes into ``store``, the calling thread's connection."""
+        seats = [self._seat(job, run, stop, store) for job, run in runs]
+        ready = [seat for seat in seats if seat.outcome is None]
+        if ready:
+            for seat, ending in zip(ready, self._stylize(ready), strict=True):
+                seat.outcome = ending if isinstance(ending, Outcome) else self._finish(seat, ending)
+        return [seat.outcome for seat in seats]
+
+    def _seat(self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store) -> "_Seat":
+        """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
+        seat = _Seat(job, run, StyleParams.model_validate(run.params), logger.bind(job=job.label))
         try:
-            content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
+            seat.content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
             init = None
-            if params.init not in ("content", "noise"):  # in the daemon, a file of the style library
-                init = read_image(self.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
-            network, weights = self.network(params.backbone)
-            resume = _load_checkpoint(checkpoint)
-            if resume is not None:
-                log.info(f"{run.label}: resuming from iteration {resume.iteration}")
-            else:
-                log.info(f"{run.label}: starting ({params.iterations * params.scales} iterations on {self.device})")
-            frames: list[torch.Tensor] = []
-            on_progress = self._progress(run, stop, checkpoint, frames, store, log)
-            speed = self.speed(params)
-            result = stylize(
-                network, content, styles, params, init_image=init, callback=on_progress, resume=resume, speed=speed
-            )
-        except NstBatchError as error:  # the input or the parameters: retrying cannot help
-            return Outcome("failed", str(error))
+            if seat.params.init not in ("content", "noise"):  # in the daemon, a file of the style library
+                init = read_image(self.input_path(job.id, LIBRARY_PREFIX + seat.params.init), self.config.max_pixels)
+            seat.weights = self.network(seat.params.backbone)[1]
         except Exception as error:
-            if _no_space(error):
-                log.warning(f"{run.label}: {error}")
-                return Outcome("no_space", f"no space left: {error}")
-            if not _out_of_memory(error):
-                log.exception(f"{run.label}: unexpected error")
-                return Outcome("retry", f"{type(error).__name__}: {error}")
-            shortage = f"out of memory: {str(error).splitlines()[0][:300]}"
+            seat.outcome = self._failure(seat, error)
+            return seat
+        checkpoint = self.folders.checkpoint(run.id)
+        resume = _load_checkpoint(checkpoint)
+        if resume is not None:
+            seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
-            shortage = None
-        if shortage is not None:
-            # Outside the except block: the traceback, whose frames hold the run's tensors, is gone.
-            frames = result = None
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            log.warning(f"{run.label}: {shortage}")
+            seat.log.info(f"{run.label}: starting ({seat.params.iterations * seat.params.scales} iterations on {self.device})")
+        on_progress = self._progress(run, stop, checkpoint, seat.frames, store, seat.log)
+        seat.member = Member(seat.content, styles, seat.params, init, on_progress, resume)
+        return seat
+
+    def _stylize(self, seats: list["_Seat"]) -> list[Result | Outcome]:
+        """The engine's results, each member's own error as its outcome, or one outcome for all
+        when the batch as a whole broke (out of memory: each retries alone)."""
+        network, _ = self.network(seats[0].params.backbone)
+        speed = self.speed(seats[0].params)
+        if len(seats) > 1:
+            seats[0].log.info(f"{', '.join(s.run.label for s in seats)}: one batch of {len(seats)}")
+        try:
+            endings = stylize_batch(network, [seat.member for seat in seats], speed=speed)
+        except Exception as error:
+            failures = [self._failure(seat, error) for seat in seats]
+        else:
+            return [Outcome("failed", str(e)) if isinstance(e, NstBatchError) else e for e in endings]
+        if failures[0].status == "out_of_memory":
+            # Outside the except block: the traceback, whose frames hold the batch's tensors, is gone.
+            self._release_memory(seats)
+        return failures
+
+    def _failure(self, seat: "_Seat", error: Exception) -> Outcome:
+        if isinstance(error, NstBatchError):  # the input or the parameters: retrying cannot help
+            return Outcome("failed", str(error))
+        if _no_space(error):
+            seat.log.warning(f"{seat.run.label}: {error}")
+            return Outcome("no_space", f"no space left: {error}")
+        if _out_of_memory(error):
+            shortage = f"out of memory: {str(error).splitlines()[0][:300]}"
+            seat.log.warning(f"{seat.run.label}: {shortage}")
             return Outcome("out_of_memory", shortage)
+        seat.log.opt(exception=error).error(f"{seat.run.label}: unexpected error")
+        return Outcome("retry", f"{type(error).__name__}: {error}")
+
+    def _release_memory(self, seats: list["_Seat"]) -> None:
+        for seat in seats:
+            seat.frames.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _finish(self, seat: "_Seat", result: Result) -> Outcome:
+        run, params, log = seat.run, seat.params, seat.log
         if result.interrupted:
-            saved = "saved" if _save_checkpoint(checkpoint, result.state, log) else "NOT saved"
+            saved = "saved" if _save_checkpoint(self.folders.checkpoint(run.id), result.state, log) else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
         try:
-            self._write(job, run, params, weights, result, frames, content, styles)
+            self._write(seat.job, run, params, seat.weights, result, seat.frames, seat.content, seat.member.styles)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
             return Outcome("no_space" if _no_space(error) else "retry", f"could not write the result: {error}")
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
         last_scale = final.iteration - result.scale_starts[-1]
-        return Outcome("done", None, final.iteration, last_scale, final.elapsed_s, speed.autocast is None)
+        return Outcome("done", None, final.iteration, last_scale, final.elapsed_s, self.speed(params).autocast is None)
 
     def _progress(
         self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store, log
@@ -178,6 +220,21 @@ class Runner:
             raise  # a full disk: the same retry as every other write
         except Exception:  # a picture that cannot be drawn must not cost the result
             logger.bind(job=job.label).exception(f"{run.label}: could not draw losses.png or compare.jpg")
+
+
+@dataclass
+class _Seat:
+    """One run's place in a batch: what it was given, what it collects, and how it ended."""
+
+    job: JobRecord
+    run: RunRecord
+    params: StyleParams
+    log: object
+    content: torch.Tensor | None = None
+    weights: WeightsInfo | None = None
+    member: Member | None = None
+    frames: list[torch.Tensor] = field(default_factory=list)
+    outcome: Outcome | None = None
 
 
 def _json(data) -> str:

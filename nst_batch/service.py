@@ -19,7 +19,7 @@ from .outbox import publish, versions
 from .plots import sweep_entries, write_sweep_sheet
 from . import gallery, tuning
 from .capacity import Capacity
-from .runner import Runner
+from .runner import Outcome, Runner
 from .scheduler import Active, Candidate, admit
 from .store import ACTIVE, JobRecord, RunRecord, Store
 from .systemd import notify
@@ -191,7 +191,8 @@ class Service:
         if self._held():  # finishing one failed again
             return 0
         queued = []
-        for run in self.store.queued_runs(limit=max(DISPATCH_WINDOW, 4 * self.capacity.max_concurrent)):
+        window = 4 * self.capacity.max_concurrent * self.capacity.max_batch
+        for run in self.store.queued_runs(limit=max(DISPATCH_WINDOW, window)):
             if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
                 self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
                 self._finish_if_complete(run.job_id)
@@ -200,16 +201,25 @@ class Service:
         if not queued:
             return 0
         needs = {run.id: self.capacity.need(self.store, run) for run in queued}
-        candidates = [Candidate(r.id, r.job_id, r.idx, r.priority, needs[r.id], r.alone) for r in queued]
-        active = [Active(w.run.id, w.need_bytes, w.run.alone) for w in self.workers.active]
-        chosen = admit(candidates, active, self.capacity.budget, self.capacity.max_concurrent)
+        candidates = [
+            Candidate(r.id, r.job_id, r.idx, r.priority, needs[r.id], r.alone, self.runner.batch_key(r),
+                      self.capacity.shared_bytes(self.store, r))
+            for r in queued
+        ]
+        active = [Active(w.runs[0][1].id, w.need_bytes, w.alone) for w in self.workers.active]
+        chosen = admit(
+            candidates, active, self.capacity.budget, self.capacity.max_concurrent, self.capacity.max_batch
+        )
         by_id = {run.id: run for run in queued}
-        for run_id in chosen:
-            run = by_id[run_id]
-            self.store.start_run(run)
-            self.workers.start(Work(self.store.job(run.job_id), self.store.run(run_id), needs[run_id]))
+        for batch in chosen:
+            runs = []
+            for run_id in batch.run_ids:
+                self.store.start_run(by_id[run_id])
+                run = self.store.run(run_id)
+                runs.append((self.store.job(run.job_id), run))
+            self.workers.start(Work(runs, batch.need_bytes))
         if chosen:
-            labels = ", ".join(w.run.label for w in self.workers.active)
+            labels = "; ".join(w.labels for w in self.workers.active)
             notify(f"STATUS=running {labels}; {self.store.run_counts().get('queued', 0)} more queued")
         return len(chosen)
 
@@ -229,16 +239,19 @@ class Service:
         return run
 
     def _settle(self, work: Work) -> None:
-        """Record how a run ended; finish its job if it was the last."""
-        run, outcome = work.run, work.outcome
-        log = logger.bind(job=work.job.label)
-        if outcome.status in ("done", "out_of_memory") and not work.shared and work.peak_bytes:
+        """Record how each run of finished work ended; finish the jobs whose last run it was.
+        A peak teaches the memory model only when one run had the device to itself."""
+        alone_peak = work.peak_bytes if len(work.runs) == 1 and not work.shared else 0
+        for (job, run), outcome in zip(work.runs, work.outcomes, strict=True):
+            self._settle_run(job, run, outcome, alone_peak, work.peak_bytes)
+
+    def _settle_run(self, job: JobRecord, run: RunRecord, outcome: Outcome, alone_peak: int, peak_bytes: int) -> None:
+        log = logger.bind(job=job.label)
+        if outcome.status in ("done", "out_of_memory") and alone_peak:
             last_scale = outcome.last_scale_iterations if outcome.status == "done" else 10**6
-            self.capacity.learn(
-                self.store, run, work.peak_bytes, outcome.iterations, last_scale, outcome.seconds, outcome.fp32
-            )
+            self.capacity.learn(self.store, run, alone_peak, outcome.iterations, last_scale, outcome.seconds, outcome.fp32)
         if outcome.status == "done":
-            self.store.finish_run(run.id, outcome.seconds, work.peak_bytes or None)
+            self.store.finish_run(run.id, outcome.seconds, peak_bytes or None)
         elif outcome.status == "stopped":
             self.store.requeue_run(run.id)
         elif outcome.status == "no_space":

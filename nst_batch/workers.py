@@ -1,8 +1,9 @@
-"""The threads that run admitted runs, side by side on one device.
+"""The threads that run admitted work, side by side on one device.
 
-Each run gets a thread of its own, with its own database connection, and its peak memory
-measured. A peak is only worth learning from when the run had the device to itself, so each
-piece of work remembers whether another one ran beside it. The main thread starts work and
+Each piece of work (a run, or a batch of runs sharing the network's passes) gets a thread of
+its own, with its own database connection, and its peak memory measured. A peak is only worth
+learning from when one run had the device to itself, so each piece of work remembers whether
+another one ran beside it. The main thread starts work and
 collects what has finished; only it touches the job logs' sinks.
 """
 
@@ -22,13 +23,20 @@ from .store import JobRecord, RunRecord, Store
 
 @dataclass
 class Work:
-    job: JobRecord
-    run: RunRecord
+    runs: list[tuple[JobRecord, RunRecord]]  # one, or a batch
     need_bytes: int
-    shared: bool = False  # another run was on the device at some point: its peak says little
-    outcome: Outcome | None = None
+    shared: bool = False  # other work was on the device at some point: its peak says little
+    outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
     thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def alone(self) -> bool:
+        return any(run.alone for _, run in self.runs)
+
+    @property
+    def labels(self) -> str:
+        return ", ".join(run.label for _, run in self.runs)
 
 
 class Workers:
@@ -42,8 +50,10 @@ class Workers:
         for other in self.active:
             other.shared = True
         work.shared = bool(self.active)
-        self._open_log(work.job)
-        work.thread = threading.Thread(target=self._run, args=(work,), name=f"run-{work.run.id}", daemon=True)
+        for job, _ in work.runs:
+            self._open_log(job)
+        name = f"run-{work.runs[0][1].id}"
+        work.thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
         self.active.append(work)
         work.thread.start()
 
@@ -51,7 +61,8 @@ class Workers:
         done = [work for work in self.active if not work.thread.is_alive()]
         for work in done:
             self.active.remove(work)
-            self._close_log(work.job)
+            for job, _ in work.runs:
+                self._close_log(job)
         return done
 
     def join(self) -> None:
@@ -62,11 +73,12 @@ class Workers:
         store = Store(self.folders.state)
         try:
             with PeakMeter(self.runner.device) as meter, _own_stream(self.runner.device):
-                work.outcome = self.runner.run(work.job, work.run, self.stop, store)
+                work.outcomes = self.runner.run_batch(work.runs, self.stop, store)
             work.peak_bytes = meter.peak_bytes
-        except Exception as error:  # a bug, not the run's fault: report it as a retry
-            logger.bind(job=work.job.label).exception(f"{work.run.label}: worker failed")
-            work.outcome = Outcome("retry", f"{type(error).__name__}: {error}")
+        except Exception as error:  # a bug, not the runs' fault: report it as a retry
+            for job, run in work.runs:
+                logger.bind(job=job.label).opt(exception=error).error(f"{run.label}: worker failed")
+            work.outcomes = [Outcome("retry", f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
             self.on_finished()

@@ -17,12 +17,13 @@ from nst_batch.service import Service
 from nst_batch.store import RunSpec
 from nst_batch.workers import Workers
 
-real_stylize = runner_module.stylize
+real_stylize = runner_module.stylize_batch
 
 
 def make_service(tmp_path, monkeypatch, **scheduler) -> Service:
     monkeypatch.setattr("signal.signal", lambda signum, handler: None)
     config = Config(
+        performance={"autocast": "off", "threads": 1},
         inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None,
         model={"weights": "random"}, max_attempts=2,
         defaults={"image_size": 32, "iterations": 2, "seed": 0, "early_stop_tol": 0},
@@ -35,14 +36,15 @@ def make_service(tmp_path, monkeypatch, **scheduler) -> Service:
     return service
 
 
-def queue_job(service: Service, name: str) -> int:
+def queue_job(service: Service, name: str, size: tuple[int, int] = (40, 30), **overrides) -> int:
     job_id = service.store.begin_claim(name, "pair", [f"{name}.content.png", f"{name}.style.png"], None, {})
     folder = service.folders.job_dir(job_id)
     folder.mkdir(parents=True)
-    Image.linear_gradient("L").resize((40, 30)).convert("RGB").save(folder / f"{name}.content.png")
-    Image.effect_noise((24, 24), 60).convert("RGB").save(folder / f"{name}.style.png")
-    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
-    spec = RunSpec(name, f"{name}.content.png", (f"{name}.style.png",), params, {}, content_size=(40, 30))
+    Image.linear_gradient("L").resize(size).convert("RGB").save(folder / f"{name}.content.png")
+    style = Image.merge("RGB", [Image.radial_gradient("L").rotate(40 * i + len(name)) for i in range(3)])
+    style.resize((24, 24)).save(folder / f"{name}.style.png")  # made, not drawn at random: runs can be compared
+    params = {**service.config.defaults.model_dump(mode="json", exclude_unset=True), **overrides}
+    spec = RunSpec(name, f"{name}.content.png", (f"{name}.style.png",), params, {}, content_size=size)
     service.store.queue(job_id, [spec], 0, name, {})
     return job_id
 
@@ -74,7 +76,7 @@ def test_out_of_memory_in_one_of_three_concurrent_runs_is_retried_alone(tmp_path
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_stylize(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "stylize", flaky_stylize)
+    monkeypatch.setattr(runner_module, "stylize_batch", flaky_stylize)
     run_until_settled(service)
 
     assert [service.store.job(j).status for j in jobs] == ["done", "done", "done"]
@@ -98,7 +100,7 @@ def test_out_of_memory_every_time_ends_in_failed_with_the_reason(tmp_path, monke
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9999999999 bytes")
         return real_stylize(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "stylize", stylize)
+    monkeypatch.setattr(runner_module, "stylize_batch", stylize)
     run_until_settled(service)
     assert service.store.job(fine).status == "done"
     assert service.store.job(doomed).status == "failed"
@@ -134,4 +136,54 @@ def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatc
     run_until_settled(service)
     error = (service.folders.failed / "big" / "error.txt").read_text()
     assert "the memory budget is 0.68 GiB" in error and "it would fit with" in error and "image_size:" in error
+    service.store.close()
+
+
+def final_losses(service: Service, name: str) -> float:
+    return json.loads((service.folders.outbox / name / "job.json").read_text())["results"][0]["final_losses"]["total"]
+
+
+def spy_on_batches(monkeypatch, fail_first: Exception | None = None) -> list[int]:
+    """The size of every batch stylize_batch is given, in order; optionally break the first."""
+    batches: list[int] = []
+
+    def stylize_batch(network, members, **kwargs):
+        batches.append(len(members))
+        if fail_first is not None and len(batches) == 1:
+            raise fail_first
+        return real_stylize(network, members, **kwargs)
+
+    monkeypatch.setattr(runner_module, "stylize_batch", stylize_batch)
+    return batches
+
+
+JOBS = {"a": {}, "b": {"style_weight": 1e4}, "c": {"optimizer": "adam", "seed": 7}, "d": {"image_size": 24}}
+
+
+def test_runs_of_one_shape_go_through_as_one_batch_with_the_results_they_would_have_apart(tmp_path, monkeypatch):
+    finals = {}
+    for max_batch in (1, 4):
+        service = make_service(tmp_path / f"batch{max_batch}", monkeypatch, max_batch=max_batch)
+        for name, overrides in JOBS.items():
+            queue_job(service, name, **overrides)
+        batches = spy_on_batches(monkeypatch)
+        run_until_settled(service)
+        # a, b and c share a shape (adam's precision is fp32 here: performance.autocast off); d does not
+        assert sorted(batches) == ([1, 1, 1, 1] if max_batch == 1 else [1, 3])
+        assert all(service.store.job(job.id).status == "done" for job in service.store.jobs())
+        finals[max_batch] = {name: final_losses(service, name) for name in JOBS}
+        service.store.close()
+    for name in JOBS:
+        assert finals[4][name] == pytest.approx(finals[1][name], rel=1e-3), name
+
+
+def test_a_batch_out_of_memory_retries_each_of_its_runs_alone(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_batch=4)
+    jobs = [queue_job(service, name) for name in ("one", "two", "three")]
+    batches = spy_on_batches(monkeypatch, fail_first=torch.OutOfMemoryError("CUDA out of memory. Tried 2.00 GiB"))
+    run_until_settled(service)
+    assert batches == [3, 1, 1, 1]
+    for job in jobs:
+        (run,) = service.store.runs(job)
+        assert service.store.job(job).status == "done" and run.alone and run.attempts == 2
     service.store.close()

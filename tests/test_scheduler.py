@@ -1,12 +1,19 @@
 """Admission and packing on a fake device: a budget, and needs in plain numbers."""
 
-from nst_batch.scheduler import Active, Candidate, admit
+from nst_batch.scheduler import Active, Candidate, admit as admit_batches
 
 GIB = 1 << 30
 
 
 def run(run_id, need_gib, job_id=None, priority=0, alone=False):
     return Candidate(run_id, job_id if job_id is not None else run_id, 0, priority, int(need_gib * GIB), alone)
+
+
+def admit(*args, **kwargs) -> list[int]:
+    """The runs to start, for scenarios without batching (one run per batch)."""
+    started = admit_batches(*args, **kwargs)
+    assert all(len(batch.runs) == 1 for batch in started)
+    return [batch.runs[0].run_id for batch in started]
 
 
 def test_packs_as_many_as_fit_in_queue_order():
@@ -48,3 +55,36 @@ def test_a_run_retried_after_running_out_of_memory_runs_alone():
     assert admit([alone, run(3, 1)], [Active(1, GIB)], budget=10 * GIB, max_concurrent=8) == []
     assert admit([alone, run(3, 1)], [], budget=10 * GIB, max_concurrent=8) == [2]
     assert admit([run(3, 1)], [Active(2, 3 * GIB, alone=True)], budget=10 * GIB, max_concurrent=8) == []
+
+
+def shaped(run_id, need_gib, key="512x384", shared_gib=0.0, **fields):
+    return Candidate(run_id, fields.pop("job_id", run_id), 0, fields.pop("priority", 0), int(need_gib * GIB),
+                     fields.pop("alone", False), key, int(shared_gib * GIB))
+
+
+def test_runs_of_one_shape_start_as_one_batch_led_by_the_first_in_the_queue():
+    queued = [shaped(1, 1, "a"), shaped(2, 1, "b"), shaped(3, 1, "a"), shaped(4, 1, "a")]
+    started = admit_batches(queued, [], budget=10 * GIB, max_concurrent=8, max_batch=8)
+    assert [batch.run_ids for batch in started] == [(1, 3, 4), (2,)]
+
+
+def test_a_batch_holds_at_most_max_batch_runs_and_takes_one_slot():
+    queued = [shaped(i, 1) for i in range(1, 6)]
+    started = admit_batches(queued, [], budget=10 * GIB, max_concurrent=2, max_batch=2)
+    assert [batch.run_ids for batch in started] == [(1, 2), (3, 4)]
+
+
+def test_priorities_unknown_shapes_and_alone_runs_are_never_mixed_into_a_batch():
+    queued = [shaped(1, 1), shaped(2, 1, priority=5), shaped(3, 1, key=None), shaped(4, 1, key=None), shaped(5, 1)]
+    started = admit_batches(queued, [], budget=10 * GIB, max_concurrent=8, max_batch=8)
+    assert [batch.run_ids for batch in started] == [(2,), (1, 5), (3,), (4,)]
+    lonely = [shaped(1, 1, alone=True), shaped(2, 1)]
+    assert [b.run_ids for b in admit_batches(lonely, [], budget=10 * GIB, max_concurrent=8, max_batch=8)] == [(1,)]
+
+
+def test_a_batch_pays_once_for_what_its_runs_share():
+    queued = [shaped(i, 3, shared_gib=2) for i in range(1, 5)]  # 4 x 3 GiB apart, 2 + 4 x 1 GiB together
+    (batch,) = admit_batches(queued, [], budget=6 * GIB, max_concurrent=8, max_batch=8)
+    assert batch.run_ids == (1, 2, 3, 4) and batch.need_bytes == 6 * GIB
+    assert admit_batches(queued, [], budget=6 * GIB, max_concurrent=8, max_batch=1)[0].run_ids == (1,)
+    assert admit_batches(queued, [Active(9, 1)], budget=6 * GIB, max_concurrent=8, max_batch=8) == []
