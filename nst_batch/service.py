@@ -72,6 +72,9 @@ class Service:
         for job in self.store.jobs(*ACTIVE):
             self._finish_if_complete(job.id)
         self._rebuild_gallery()
+        # Watching before READY: a file written from then on is seen being written, so a copy
+        # that stalls half way is never taken for a finished one.
+        self.watcher.start()
         self._start_intake()
         notify("READY=1", "STATUS=watching the inbox")
         logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
