@@ -1,8 +1,9 @@
 """Seconds per iteration with each speed switch on and off, and what each does to quality.
 
-For every optimizer and combination of switches (bf16 autocast, channels-last; on a GPU also
-fp16), one stylize() run of --iterations at --size px on the same seed gives both figures:
-the median seconds per iteration (leaving out the first iterations, which include setup) and
+For every optimizer and combination of switches (bf16 autocast, channels-last, torch.compile;
+on a GPU also fp16), one stylize() run of --iterations at --size px on the same seed gives both figures:
+the median seconds per iteration (leaving out the first iterations, which include setup and
+compiling) and
 the final total loss, compared with the fp32 run. A switch passes when that loss stays within
 1% of fp32's (the rule nst-batch's `performance: auto` follows).
 
@@ -26,7 +27,8 @@ WARMUP = 3
 
 
 def switches(device_type: str) -> dict[str, Speed]:
-    choices = {"fp32": Speed(), "channels_last": Speed(None, True), "bf16": Speed("bf16"), "bf16+channels_last": Speed("bf16", True)}
+    choices = {"fp32": Speed(), "channels_last": Speed(None, True), "bf16": Speed("bf16"),
+               "bf16+channels_last": Speed("bf16", True), "compile": Speed(compile=True)}
     if device_type == "cuda":
         choices["fp16"] = Speed("fp16")
     return choices

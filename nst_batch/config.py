@@ -88,6 +88,9 @@ class PerformanceConfig(BaseModel):
         "auto", description="network precision: auto (bf16 for Adam on a bf16 CPU) | off | bf16 | fp16"
     )
     channels_last: bool = Field(False, description="channels-last memory layout for the network")
+    compile: bool = Field(
+        False, description="torch.compile the network's gradient pass; each new shape compiles first (10-30 s)"
+    )
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads; null = every core this process may use")
     cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution for each image size")
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on GPUs that have them")

@@ -20,7 +20,7 @@ def choose_speed(settings: PerformanceConfig, optimizer: str, device_type: str, 
     autocast = settings.autocast
     if autocast == "auto":
         autocast = "bf16" if device_type == "cpu" and cpu_bf16 and optimizer == "adam" else "off"
-    return Speed(None if autocast == "off" else autocast, settings.channels_last)
+    return Speed(None if autocast == "off" else autocast, settings.channels_last, settings.compile)
 
 
 def cpu_has_bf16() -> bool:

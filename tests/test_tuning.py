@@ -43,3 +43,20 @@ def test_features_come_back_in_fp32_under_autocast(vgg19_random, tiny_images):
 
     features = FeatureExtractor(vgg19_random, ["relu1_1", "relu3_1"], speed=Speed("bf16"))(tiny_images.gradient)
     assert {f.dtype for f in features.values()} == {torch.float32}
+
+
+def test_a_compiled_gradient_pass_gives_the_eager_result(vgg19_random, tiny_images):
+    """performance.compile: one graph for the batch's shape, the same losses as without it."""
+    from torch._dynamo.utils import counters
+
+    from nst_batch.engine import Member, stylize_batch
+
+    params = StyleParams(image_size=24, iterations=3, optimizer="adam", seed=1, early_stop_tol=0)
+    members = [Member(tiny_images.gradient, [tiny_images.noise], params),
+               Member(tiny_images.checkerboard, [tiny_images.noise], params.with_overrides({"style_weight": 1e3}))]
+    compiled_before = counters["stats"]["unique_graphs"]
+    compiled = stylize_batch(vgg19_random, members, speed=Speed(compile=True))
+    assert counters["stats"]["unique_graphs"] > compiled_before
+    for fast, eager in zip(compiled, stylize_batch(vgg19_random, members), strict=True):
+        assert [r.total for r in fast.history] == pytest.approx([r.total for r in eager.history], rel=1e-4)
+        torch.testing.assert_close(fast.image, eager.image, rtol=0, atol=1e-4)

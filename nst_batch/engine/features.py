@@ -29,12 +29,14 @@ class Normalization:
 
 @dataclass(frozen=True)
 class Speed:
-    """How the network runs: in reduced precision (``"bf16"``/``"fp16"`` autocast) and/or in
-    channels-last layout. The features always come back in fp32, so Gram matrices and losses,
+    """How the network runs: in reduced precision (``"bf16"``/``"fp16"`` autocast), in
+    channels-last layout, and/or compiled (``torch.compile`` of the gradient pass, once per image
+    shape and batch size). The features always come back in fp32, so Gram matrices and losses,
     where fp16 overflows, stay in full precision."""
 
     autocast: str | None = None
     channels_last: bool = False
+    compile: bool = False
 
     @property
     def dtype(self) -> torch.dtype | None:

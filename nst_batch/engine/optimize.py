@@ -181,8 +181,11 @@ def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed =
     layers = (*first.content_layer_names, *first.style_layer_names)
     extractor = FeatureExtractor(network, layers, first.pooling, speed)
     transfers = [_Transfer(extractor, member, network.device) for member in members]
+    # The targets are computed once per scale, eagerly; only the pass repeated every iteration is
+    # worth compiling. dynamic=False: one graph per shape and batch size, each compiled when first seen.
+    gradient_pass = torch.compile(extractor, dynamic=False) if speed.compile else extractor
     for scale in range(len(first.scale_sizes)):
-        _iterate(extractor, [run for transfer in transfers if (run := transfer.enter(scale)) is not None])
+        _iterate(gradient_pass, [run for transfer in transfers if (run := transfer.enter(scale)) is not None])
         for transfer in transfers:
             transfer.leave(scale)
     return [transfer.outcome() for transfer in transfers]
@@ -243,7 +246,7 @@ class _Transfer:
         return _result(self.state, self.member.content, self.params, interrupted=self.interrupted)
 
 
-def _iterate(extractor: FeatureExtractor, runs: list["_ScaleRun"]) -> None:
+def _iterate(extractor: Callable[[torch.Tensor], dict[str, torch.Tensor]], runs: list["_ScaleRun"]) -> None:
     """Step every run of one scale until each has ended: one forward and backward pass of all
     active images per iteration. A run's loss depends on its own image alone (the network mixes
     nothing across a batch), so the summed loss gives each image exactly its own gradient."""
