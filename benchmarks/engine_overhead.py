@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -242,16 +243,35 @@ REFERENCE_500 = {
 }
 
 
-def run_500(network, device, optimizer: str = "lbfgs", size: int = 512, iterations: int = 500) -> dict:
-    """500 iterations at 512 px, end to end, as jcjohnson/neural-style reports its speed."""
+def iteration_flops(network, size: int, device: torch.device) -> int:
+    """Floating-point operations of one iteration's network pass at ``size`` px: the forward pass
+    up to relu5_1 and the backward pass to the image (no weight gradients), as PyTorch counts them."""
+    params = StyleParams(image_size=size)
+    extractor = FeatureExtractor(network, (*params.content_layer_names, *params.style_layer_names))
+    image = synthetic_image(size, 0, device).requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        features = extractor(image)
+        sum(f.mean() for f in features.values()).backward()
+    return counter.get_total_flops()
+
+
+def run_500(network, device, optimizer: str = "lbfgs", size: int = 512, iterations: int = 500,
+            peak_tflops: float | None = None) -> dict:
+    """500 iterations at 512 px, end to end, as jcjohnson/neural-style reports its speed, and the
+    arithmetic rate that achieves (TFLOP/s), against the device's peak when given."""
     run_engine(network, size, 5, optimizer, device)  # warm-up: kernels, allocator, cuDNN choices
     result, wall = run_engine(network, size, iterations, optimizer, device)
+    flops = iteration_flops(network, size, device)
+    tflops = flops * len(result.history) / wall / 1e12
     return {
         "optimizer": optimizer,
         "size": size,
         "iterations": len(result.history),
         "wall_s": wall,
         "median_s_per_it": median(iteration_times(result)),
+        "gflop_per_iteration": flops / 1e9,
+        "achieved_tflops": tflops,
+        "fraction_of_peak": tflops / peak_tflops if peak_tflops else None,
         "reference": REFERENCE_500[optimizer],
         "target": "< 5 s on an H200" if optimizer == "lbfgs" else None,
     }
@@ -297,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cudnn-benchmark", action="store_true", help="set torch.backends.cudnn.benchmark")
     parser.add_argument("--lbfgs-500", action="store_true",
                         help="also time 500 L-BFGS iterations at 512 px end to end (meant for a GPU)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s in the precision used, to report the fraction achieved")
     parser.add_argument("--adam-500", action="store_true",
                         help="also time 500 Adam iterations at 512 px (jcjohnson's 22 s figure is for Adam)")
     parser.add_argument("--skip-overhead", action="store_true",
@@ -349,9 +371,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if device.type != "cuda":
             print(f"# 500 {optimizer} iterations at 512 px on a CPU: expect many minutes", file=sys.stderr)
-        out[f"{optimizer}_500"] = res = run_500(network, device, optimizer)
+        out[f"{optimizer}_500"] = res = run_500(network, device, optimizer, peak_tflops=args.peak_tflops)
+        peak = f", {res['fraction_of_peak']:.1%} of {args.peak_tflops:g}" if args.peak_tflops else ""
         print(f"\n{res['iterations']} {optimizer} iterations at {res['size']} px: {res['wall_s']:.2f} s end to end "
-              f"({res['median_s_per_it'] * 1000:.1f} ms/it median); {res['reference']}"
+              f"({res['median_s_per_it'] * 1000:.1f} ms/it median; {res['gflop_per_iteration']:.0f} GFLOP/it, "
+              f"{res['achieved_tflops']:.2f} TFLOP/s{peak}); {res['reference']}"
               + (f"; target {res['target']}" if res["target"] else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

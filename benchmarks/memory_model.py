@@ -24,6 +24,7 @@ definition, so the time model can be checked too.
     python benchmarks/memory_model.py --device cuda              # 256 512 1024 2048 px
     python benchmarks/memory_model.py --probe-sizes 128 256      # try other probe sizes
     python benchmarks/memory_model.py --optimizers adam --autocast bf16   # as `auto` runs Adam on a bf16 CPU
+    python benchmarks/memory_model.py --batch 4                  # 4 runs as one batch (stylize_batch)
 
 With random weights the losses are tiny (about 1e-4 at 512 px), and torch's L-BFGS, whose
 thresholds are absolute (it keeps a (step, gradient change) pair only when their dot product is
@@ -62,7 +63,7 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from nst_batch import calibration, memory
-    from nst_batch.engine import StyleParams, load_network, resolve_device, stylize
+    from nst_batch.engine import Member, StyleParams, load_network, resolve_device, stylize_batch
     from nst_batch.engine.features import Speed
 
     if args.threads:
@@ -89,21 +90,23 @@ def child(args: argparse.Namespace) -> dict:
     size, iterations = args.size, args.iterations
     params = base.with_overrides({"image_size": size, "iterations": iterations, "early_stop_tol": 0,
                                   "lbfgs_history": iterations, "seed": 0, "init": "content", "frame_every": 0})
-    content = torch.rand((1, 3, size, size), generator=generator)
-    style = torch.rand((1, 3, size, size), generator=generator)
+    members = [Member(torch.rand((1, 3, size, size), generator=generator),
+                      [torch.rand((1, 3, size, size), generator=generator)], params.with_overrides({"seed": i}))
+               for i in range(args.batch)]
     pairs.clear()
     with calibration.PeakMeter(device) as meter:
         started = time.perf_counter()
-        result = stylize(network, content, [style], params, speed=speed)
+        result, *_ = stylize_batch(network, members, speed=speed)
         wall_seconds = time.perf_counter() - started
     history = result.history
     seconds = (history[-1].elapsed_s - history[0].elapsed_s) / max(1, len(history) - 1)
     need = calibration.measured_need(params, (size, size), 1, len(result.history))
-    raw = dataclasses.replace(model, margin=0.0).peak(need)
-    padded = model.peak(need)
+    raw = _booked(dataclasses.replace(model, margin=0.0), need, args.batch)
+    padded = _booked(model, need, args.batch)
     measured = meter.peak_bytes
     row = {
         "size": size,
+        "batch": args.batch,
         "optimizer": args.optimizer,
         "iterations": len(result.history),
         "loss_scale": scale,
@@ -132,6 +135,14 @@ def child(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         row["max_memory_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     return row
+
+
+def _booked(model, need, batch: int) -> int:
+    """What the scheduler books for ``batch`` such runs together (scheduler.Batch.need_bytes)."""
+    from nst_batch.scheduler import Batch, Candidate
+
+    runs = tuple(Candidate(i, i, 0, 0, model.peak(need), False, "shape", model.shared_bytes()) for i in range(batch))
+    return Batch(runs).need_bytes
 
 
 def _count_lbfgs_pairs(torch) -> list[int]:
@@ -187,6 +198,8 @@ def measure(args: argparse.Namespace, size: int, optimizer: str) -> dict:
         command += ["--autocast", args.autocast]
     if args.channels_last:
         command.append("--channels-last")
+    if args.batch > 1:
+        command += ["--batch", str(args.batch)]
     if args.probe_sizes:
         command += ["--probe-sizes", *map(str, args.probe_sizes)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -197,14 +210,14 @@ def measure(args: argparse.Namespace, size: int, optimizer: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| size | optimizer | activations MiB | exact MiB | fitted constant MiB | fitted per activation "
+        "| size | batch | optimizer | activations MiB | exact MiB | fitted constant MiB | fitted per activation "
         "| L-BFGS pairs | predicted raw MiB | predicted +10% MiB | measured MiB | raw error | +10% covers | "
         "predicted s/it | measured s/it |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['optimizer']} | {r['activation_bytes'] / MIB:.0f} | {r['exact_bytes'] / MIB:.1f} | "
+            f"| {r['size']} | {r.get('batch', 1)} | {r['optimizer']} | {r['activation_bytes'] / MIB:.0f} | {r['exact_bytes'] / MIB:.1f} | "
             f"{r['model']['constant_bytes'] / MIB:.1f} | {r['model']['per_activation']:.3f} | "
             f"{'-' if r['lbfgs_pairs'] is None else r['lbfgs_pairs']} | "
             f"{r['predicted_raw_bytes'] / MIB:.0f} | {r['predicted_padded_bytes'] / MIB:.0f} | "
@@ -239,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
                         help="precision of the measured run (the probes stay fp32, as in the daemon)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last layout for the measured run")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="measure N runs of the size as one batch, against what the scheduler books for them")
     parser.add_argument("--probe-sizes", type=int, nargs=2, help="replace calibration.PROBE_SIZES for the device")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one measurement")
     parser.add_argument("--json", type=Path, help="write the rows and the environment here")
@@ -265,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# memory model: torch {env['torch']}, {env.get('gpu') or env['cpu']['model']}, device {args.device}, "
           f"{env['threads']} threads, {args.weights} weights, {args.iterations} iterations, "
           f"probe sizes {args.probe_sizes or 'default'}, autocast {args.autocast}"
-          f"{', channels-last' if args.channels_last else ''}", file=sys.stderr)
+          f"{', channels-last' if args.channels_last else ''}, batches of {args.batch}", file=sys.stderr)
     rows = []
     for _ in range(args.repeats):
         for size in sizes:
