@@ -75,21 +75,26 @@ class Runner:
         return self._networks[backbone]
 
     def batch_key(self, run: RunRecord) -> Hashable | None:
-        """Runs with equal keys can go through together; None (an unknown image size) never does."""
+        """Runs with equal keys can go through together; None (an unknown image size) never does.
+        Equal iteration counts too, so that no run's result waits long for a longer one's."""
         if not all(run.content_size):
             return None
         params = StyleParams.model_validate(run.params)
         width, height = run.content_size
-        return (batch_key(params, (height, width)), self.speed(params))
+        return (batch_key(params, (height, width)), self.speed(params), params.iterations)
 
     def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:
         """Runs of one batch_key (or one run), through shared passes of the network; an outcome for
         each. Progress goes into ``store``, the calling thread's connection."""
         seats = [self._seat(job, run, stop, store) for job, run in runs]
-        ready = [seat for seat in seats if seat.outcome is None]
-        if ready:
-            for seat, ending in zip(ready, self._stylize(ready), strict=True):
-                seat.outcome = ending if isinstance(ending, Outcome) else self._finish(seat, ending)
+        # The batch was formed from the sizes the store recorded; the decoded images decide.
+        shapes: dict[tuple, list[_Seat]] = {}
+        for seat in seats:
+            if seat.outcome is None:
+                shapes.setdefault(batch_key(seat.params, seat.content.shape), []).append(seat)
+        for batch in shapes.values():
+            for seat, ending in zip(batch, self._stylize(batch), strict=True):
+                seat.outcome = ending if isinstance(ending, Outcome) else self._finish_or_fail(seat, ending)
         return [seat.outcome for seat in seats]
 
     def _seat(self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store) -> "_Seat":
@@ -121,7 +126,8 @@ class Runner:
         network, _ = self.network(seats[0].params.backbone)
         speed = self.speed(seats[0].params)
         if len(seats) > 1:
-            seats[0].log.info(f"{', '.join(s.run.label for s in seats)}: one batch of {len(seats)}")
+            for seat in seats:
+                seat.log.info(f"{seat.run.label}: in one batch of {len(seats)} ({', '.join(s.run.label for s in seats)})")
         try:
             endings = stylize_batch(network, [seat.member for seat in seats], speed=speed)
         except Exception as error:
@@ -152,6 +158,13 @@ class Runner:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _finish_or_fail(self, seat: "_Seat", result: Result) -> Outcome:
+        """One run's ending, whatever goes wrong writing it: the batch's other runs are not its fault."""
+        try:
+            return self._finish(seat, result)
+        except Exception as error:
+            return self._failure(seat, error)
 
     def _finish(self, seat: "_Seat", result: Result) -> Outcome:
         run, params, log = seat.run, seat.params, seat.log

@@ -63,14 +63,16 @@ def queue_order(run: Candidate) -> tuple[int, int, int]:
     return (-run.priority, run.job_id, run.idx)
 
 
-def batches(queued: Sequence[Candidate], max_batch: int) -> list[Batch]:
-    """The queue as batches of up to ``max_batch`` runs, in the order of their first runs."""
+def batches(queued: Sequence[Candidate], max_batch: int, budget: int) -> list[Batch]:
+    """The queue as batches of up to ``max_batch`` runs, in the order of their first runs. A run
+    joins a batch only if the batch still fits the whole budget: a batch that could never start
+    would block the queue behind it for ever."""
     formed: list[list[Candidate]] = []
     open_batches: dict[tuple, list[Candidate]] = {}
     for run in sorted(queued, key=queue_order):
         key = (run.batch_key, run.priority)
         members = open_batches.get(key) if run.batch_key is not None and not run.alone else None
-        if members is None or len(members) >= max_batch:
+        if members is None or len(members) >= max_batch or Batch((*members, run)).need_bytes > budget:
             members = [run]
             formed.append(members)
             if run.batch_key is not None and not run.alone:
@@ -89,7 +91,7 @@ def admit(
     free = budget - sum(active.need_bytes for active in running)
     slots = max_concurrent - len(running)
     started: list[Batch] = []
-    for batch in batches(queued, max_batch):
+    for batch in batches(queued, max_batch, budget):
         if slots <= 0 or free < 0:
             break
         if batch.alone:

@@ -29,7 +29,8 @@ from .workers import Work, Workers
 BUSY_POLL_S = 0.5
 # The scheduler is shown the first runs of the queue only: looking at all of them (a folder of
 # 10 000 photos) would cost the main loop time in proportion to the queue before every start.
-DISPATCH_WINDOW = 64
+DISPATCH_WINDOW = 64  # queued runs the scheduler looks at, at least...
+MAX_DISPATCH_WINDOW = 512  # ...and at most, whatever the slots and batch sizes
 # A full disk: no run starts, nor is a finished job published, for this long; then they are tried
 # again. Attempts are not counted: a full disk is nobody's input's fault.
 NO_SPACE_RETRY_S = 60.0
@@ -185,7 +186,7 @@ class Service:
         return time.monotonic() < self._held_until
 
     def _dispatch(self) -> int:
-        """Start every queued run that fits now; return how many started."""
+        """Start every queued run (or batch) that fits now; return how many pieces of work started."""
         if self._held():
             return 0
         for job_id in sorted(self._unfinished):
@@ -194,8 +195,8 @@ class Service:
         if self._held():  # finishing one failed again
             return 0
         queued = []
-        window = 4 * self.capacity.max_concurrent * self.capacity.max_batch
-        for run in self.store.queued_runs(limit=max(DISPATCH_WINDOW, window)):
+        window = min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, 4 * self.capacity.max_concurrent * self.capacity.max_batch))
+        for run in self.store.queued_runs(limit=window):
             if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
                 self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)
                 self._finish_if_complete(run.job_id)

@@ -154,3 +154,15 @@ def test_members_of_different_shapes_are_refused(vgg19_random, tiny_images):
                Member(_noise(0, 12, 24), [tiny_images.noise], _params())]
     with pytest.raises(ValueError, match="batch_key"):
         stylize_batch(vgg19_random, members)
+
+
+def test_a_resumed_member_joins_fresh_ones_and_each_ends_as_alone(vgg19_random, tiny_images):
+    members = _members(tiny_images, "lbfgs", scales=2, image_size=48, iterations=3)
+    stop_at_4 = Member(members[0].content, members[0].styles, members[0].params,
+                       callback=lambda progress: progress.iteration == 4)  # in the second scale
+    (interrupted,) = stylize_batch(vgg19_random, [stop_at_4])
+    assert interrupted.state.scale == 1
+    resumed = Member(members[0].content, members[0].styles, members[0].params, resume=interrupted.state)
+    outcomes = stylize_batch(vgg19_random, [members[1], resumed, members[2]])
+    for member, result in zip([members[1], members[0], members[2]], outcomes, strict=True):
+        _assert_same(result, _alone(vgg19_random, member))

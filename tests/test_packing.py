@@ -187,3 +187,36 @@ def test_a_batch_out_of_memory_retries_each_of_its_runs_alone(tmp_path, monkeypa
         (run,) = service.store.runs(job)
         assert service.store.job(job).status == "done" and run.alone and run.attempts == 2
     service.store.close()
+
+
+def test_a_run_whose_image_is_not_the_recorded_shape_leaves_the_batch_and_runs_apart(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_batch=4)
+    fine = queue_job(service, "fine")
+    turned = queue_job(service, "turned")  # recorded as 40 x 30, as the file's header said...
+    image = service.folders.job_dir(turned) / "turned.content.png"
+    Image.open(image).rotate(90, expand=True).save(image)  # ...but it decodes to 30 x 40
+    batches = spy_on_batches(monkeypatch)
+    run_until_settled(service)
+    assert batches == [1, 1]
+    assert service.store.job(fine).status == service.store.job(turned).status == "done"
+    assert [service.store.runs(job)[0].attempts for job in (fine, turned)] == [1, 1]
+    service.store.close()
+
+
+def test_a_result_that_cannot_be_written_costs_only_its_own_run(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_batch=4)
+    jobs = [queue_job(service, name) for name in ("one", "two", "three")]
+    real_write, broken = Runner._write, []
+
+    def write(self, job, run, *args):
+        if run.label == "two" and not broken:
+            broken.append(run.label)
+            raise RuntimeError("a bug while writing")
+        return real_write(self, job, run, *args)
+
+    monkeypatch.setattr(Runner, "_write", write)
+    run_until_settled(service)
+    assert broken == ["two"]
+    assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]
+    assert [service.store.runs(job)[0].attempts for job in jobs] == [1, 2, 1]
+    service.store.close()

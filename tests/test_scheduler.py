@@ -88,3 +88,10 @@ def test_a_batch_pays_once_for_what_its_runs_share():
     assert batch.run_ids == (1, 2, 3, 4) and batch.need_bytes == 6 * GIB
     assert admit_batches(queued, [], budget=6 * GIB, max_concurrent=8, max_batch=1)[0].run_ids == (1,)
     assert admit_batches(queued, [Active(9, 1)], budget=6 * GIB, max_concurrent=8, max_batch=8) == []
+
+
+def test_a_batch_never_grows_beyond_the_budget_so_an_idle_device_always_starts_something():
+    queued = [shaped(i, 10, shared_gib=1) for i in range(1, 9)]  # together: 1 + 8 x 9 = 73 GiB
+    started = admit_batches(queued, [], budget=40 * GIB, max_concurrent=8, max_batch=8)
+    assert [batch.run_ids for batch in started] == [(1, 2, 3, 4)]  # 1 + 4 x 9 = 37 GiB
+    assert started[0].need_bytes <= 40 * GIB

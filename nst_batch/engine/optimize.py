@@ -145,7 +145,7 @@ def stylize(
     ``init_image`` is required when ``params.init`` is a path (the caller reads the file).
     ``callback`` is called after every iteration; returning True stops the run, and the
     result then carries the state to resume from. ``speed`` runs the network in reduced
-    precision or channels-last layout (losses stay in fp32).
+    precision, channels-last layout or compiled (losses stay in fp32).
     """
     (outcome,) = stylize_batch(network, [Member(content, styles, params, init_image, callback, resume)], speed=speed)
     if isinstance(outcome, NstBatchError):
@@ -187,7 +187,7 @@ def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed =
     for scale in range(len(first.scale_sizes)):
         _iterate(gradient_pass, [run for transfer in transfers if (run := transfer.enter(scale)) is not None])
         for transfer in transfers:
-            transfer.leave(scale)
+            transfer.leave()
     return [transfer.outcome() for transfer in transfers]
 
 
@@ -229,7 +229,7 @@ class _Transfer:
         self.run = _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback)
         return self.run
 
-    def leave(self, scale: int) -> None:
+    def leave(self) -> None:
         if self.run is None:
             return
         run, self.run = self.run, None
@@ -322,7 +322,10 @@ def _loss(
 class _ScaleRun:
     """One member's optimizer at one scale: it is handed its loss, steps, records and reports."""
 
-    def __init__(self, loss_fn, image, params: StyleParams, state: RunState, started: float, scales: int, callback):
+    def __init__(
+        self, loss_fn: StyleTransferLoss, image: torch.Tensor, params: StyleParams, state: RunState, started: float,
+        scales: int, callback: Callback | None,
+    ):
         self.loss_fn, self.params, self.state, self.callback = loss_fn, params, state, callback
         self.started, self.scales = started, scales
         # Callers may pass any layout (a decoded image is often a transposed view); L-BFGS
