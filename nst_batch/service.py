@@ -245,11 +245,14 @@ class Service:
     def _settle(self, work: Work) -> None:
         """Record how each run of finished work ended; finish the jobs whose last run it was.
         A peak teaches the memory model only when one run had the device to itself."""
-        alone_peak = work.peak_bytes if len(work.runs) == 1 and not work.shared else 0
+        batched = len(work.runs) > 1
+        alone_peak = work.peak_bytes if not batched and not work.shared else 0
         for (job, run), outcome in zip(work.runs, work.outcomes, strict=True):
-            self._settle_run(job, run, outcome, alone_peak, work.peak_bytes)
+            self._settle_run(job, run, outcome, alone_peak, work.peak_bytes, batched)
 
-    def _settle_run(self, job: JobRecord, run: RunRecord, outcome: Outcome, alone_peak: int, peak_bytes: int) -> None:
+    def _settle_run(
+        self, job: JobRecord, run: RunRecord, outcome: Outcome, alone_peak: int, peak_bytes: int, batched: bool
+    ) -> None:
         log = logger.bind(job=job.label)
         if outcome.status in ("done", "out_of_memory") and alone_peak:
             last_scale = outcome.last_scale_iterations if outcome.status == "done" else 10**6
@@ -262,8 +265,9 @@ class Service:
             self.store.requeue_run(run.id, outcome.error)
             self._hold(f"{run.label}: {outcome.error}")
         elif outcome.status == "out_of_memory":
-            retry = run.attempts < self.config.max_attempts  # the record was read after this attempt began
-            self.store.retry_alone(run.id, outcome.error, retry)
+            # The record was read after this attempt began. A batch too big is not the run's fault.
+            retry = batched or run.attempts < self.config.max_attempts
+            self.store.retry_alone(run.id, outcome.error, retry, refund_attempt=batched)
             log.warning(f"{run.label}: {outcome.error}" + ("; it will run again alone" if retry else ""))
         else:
             retry = outcome.status == "retry" and run.attempts < self.config.max_attempts

@@ -305,11 +305,12 @@ class Store:
         """The too_big policy's new parameters for a run, and the warning that says why."""
         self.db.execute("UPDATE runs SET params=?, warning=? WHERE id=?", (json.dumps(params), warning, run_id))
 
-    def retry_alone(self, run_id: int, error: str, retry: bool) -> None:
-        """After running out of memory: queued again (if attempts remain) to run with nothing beside it."""
+    def retry_alone(self, run_id: int, error: str, retry: bool, refund_attempt: bool = False) -> None:
+        """After running out of memory: queued again (if attempts remain) to run with nothing beside
+        it. ``refund_attempt`` when the run's batch, not the run, was too big."""
         self.db.execute(
-            "UPDATE runs SET status=?, error=?, alone=1, finished=? WHERE id=?",
-            ("queued" if retry else "failed", error, None if retry else time.time(), run_id),
+            "UPDATE runs SET status=?, error=?, alone=1, finished=?, attempts=MAX(attempts-?, 0) WHERE id=?",
+            ("queued" if retry else "failed", error, None if retry else time.time(), int(refund_attempt), run_id),
         )
 
     # --- what the memory model learns from ---------------------------------------------------
