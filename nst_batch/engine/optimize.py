@@ -339,7 +339,8 @@ class _ScaleRun:
         self.iteration = state.iteration
         self.scale_start = state.scale_starts[-1]
         self.best = list(accumulate((r.total for r in self.history[self.scale_start :]), min))
-        self.stopped = False  # by the callback
+        self.stopped = False  # by the callback...
+        self.stop_state: RunState | None = None  # ...which leaves the state to resume from
         self.error: DivergedError | None = None
 
     def ended(self) -> bool:
