@@ -88,11 +88,12 @@ class Runner:
         each. Progress goes into ``store``, the calling thread's connection."""
         seats = [self._seat(job, run, stop, store) for job, run in runs]
         # The batch was formed from the sizes the store recorded; the decoded images decide.
-        shapes: dict[tuple, list[_Seat]] = {}
+        batches: dict[tuple, list[_Seat]] = {}
         for seat in seats:
             if seat.outcome is None:
-                shapes.setdefault(batch_key(seat.params, seat.content.shape), []).append(seat)
-        for batch in shapes.values():
+                key = (batch_key(seat.params, seat.content.shape), self.speed(seat.params))
+                batches.setdefault(key, []).append(seat)
+        for batch in batches.values():
             for seat, ending in zip(batch, self._stylize(batch), strict=True):
                 seat.outcome = ending if isinstance(ending, Outcome) else self._finish_or_fail(seat, ending)
         return [seat.outcome for seat in seats]
