@@ -195,7 +195,8 @@ class Service:
         if self._held():  # finishing one failed again
             return 0
         queued = []
-        window = min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, 4 * self.capacity.max_concurrent * self.capacity.max_batch))
+        wanted = 4 * self.capacity.max_concurrent * self.capacity.max_batch
+        window = min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, wanted))
         for run in self.store.queued_runs(limit=window):
             if run.attempts >= self.config.max_attempts:  # it was running each time the daemon died
                 self.store.fail_run(run.id, f"the daemon stopped during each of {run.attempts} attempts", retry=False)

@@ -3,8 +3,8 @@
 Each piece of work (a run, or a batch of runs sharing the network's passes) gets a thread of
 its own, with its own database connection, and its peak memory measured. A peak is only worth
 learning from when one run had the device to itself, so each piece of work remembers whether
-another one ran beside it. The main thread starts work and
-collects what has finished; only it touches the job logs' sinks.
+another one ran beside it. The main thread starts work and collects what has finished; only it
+touches the job logs' sinks.
 """
 
 import contextlib
