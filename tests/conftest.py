@@ -1,9 +1,11 @@
 """Shared fixtures: one random-weight VGG-19 per session and tiny images made in code."""
 
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
+from loguru import logger
 
 from nst_batch.engine import Network, load_network
 
@@ -34,6 +36,15 @@ def _checkerboard(size: int, square: int = 4) -> torch.Tensor:
 
 def _noise(size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(autouse=True)
+def loguru_writes_to_the_current_stderr():
+    """A test that sets logging up (the CLI does) binds loguru to the stderr pytest captured for
+    that test, which is closed when the test ends; every later line would then fail to write."""
+    yield
+    logger.remove()
+    logger.add(lambda line: sys.stderr.write(line), level="INFO", colorize=False)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,15 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, explain: Cal
         time.sleep(0.05)
 
 
+def in_gallery(outbox: Path, name: str) -> bool:
+    """Whether outbox/index.html shows the job's thumbnail: the gallery, made after the job is
+    recorded done, has finished with its folder."""
+    try:
+        return f"{name}/thumb.jpg" in (outbox / "index.html").read_text()
+    except OSError:
+        return False
+
+
 class Daemon:
     """One temporary installation: a config with its folders, and the daemon serving it."""
 

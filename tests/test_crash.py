@@ -23,7 +23,7 @@ import pytest
 import torch
 from loguru import logger
 
-from daemon_helpers import Daemon, daemon_factory, loss_rows, make_image, wait_for  # noqa: F401
+from daemon_helpers import Daemon, daemon_factory, in_gallery, loss_rows, make_image, wait_for  # noqa: F401
 from nst_batch import service as service_module
 from nst_batch.config import Config
 from nst_batch.service import Service
@@ -283,6 +283,7 @@ def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_retu
     record = json.loads((outbox / "cat" / "job.json").read_text())
     assert record["results"][0]["iterations"] == 4 and "seed" in record["results"][0]
     assert [int(row[0]) for row in loss_rows(outbox / "cat" / "losses.csv")[1]] == [1, 2, 3, 4]
+    wait_for(lambda: in_gallery(outbox, "cat"), 30, "the gallery to show the job")
     assert sorted(p.name for p in (outbox / "cat").iterdir()) == [
         "cat.png", "compare.jpg", "job.json", "log.txt", "losses.csv", "losses.png", "thumb.jpg"
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from daemon_helpers import Daemon, daemon_factory, image_bytes, loss_rows, make_image, write_slowly  # noqa: F401
+from daemon_helpers import Daemon, daemon_factory, image_bytes, in_gallery, loss_rows, make_image, write_slowly  # noqa: F401
 from nst_batch import status
 from nst_batch.config import load_config
 
@@ -96,6 +96,7 @@ def test_drops_become_results_or_reasons_while_the_daemon_keeps_running(daemon_f
 
     # A pair: the image, losses.csv and job.json; the inputs archived.
     plain = daemon.outbox / "plain"
+    daemon.wait(lambda: in_gallery(daemon.outbox, "plain"), 30, "the gallery to show plain")
     assert sorted(p.name for p in plain.iterdir()) == [
         "compare.jpg", "job.json", "log.txt", "losses.csv", "losses.png", "plain.png", "thumb.jpg"
     ]

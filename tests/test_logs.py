@@ -3,16 +3,9 @@
 import json
 import logging
 
-import pytest
 from loguru import logger
 
 from nst_batch.logs import setup_logging
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    yield
-    setup_logging()
 
 
 def test_journald_lines_carry_priorities_and_job_ids(monkeypatch, capsys):
