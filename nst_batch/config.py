@@ -91,7 +91,9 @@ class PerformanceConfig(BaseModel):
     compile: bool = Field(
         False, description="torch.compile the network's gradient pass; each new shape compiles first (10-30 s)"
     )
-    threads: int | None = Field(None, ge=1, le=512, description="CPU threads; null = every core this process may use")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="CPU threads; null = $OMP_NUM_THREADS if set, else every core this process may use"
+    )
     cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution for each image size")
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on GPUs that have them")
 

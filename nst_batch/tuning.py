@@ -23,6 +23,20 @@ def choose_speed(settings: PerformanceConfig, optimizer: str, device_type: str, 
     return Speed(None if autocast == "off" else autocast, settings.channels_last, settings.compile)
 
 
+def cpu_threads(configured: int | None, omp_num_threads: str | None, cores: int) -> int:
+    """Threads for a CPU run (pure): the config's, else OMP_NUM_THREADS, else every usable core.
+
+    OMP_NUM_THREADS is how a machine shared with other work says how much of it is ours: on a
+    busy two-core machine, threads waiting on each other made the engine several times slower."""
+    if configured is not None:
+        return configured
+    try:
+        wanted = int(omp_num_threads or "")
+    except ValueError:
+        return cores
+    return wanted if wanted >= 1 else cores
+
+
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively here (AVX-512 BF16 or AMX), where autocast pays."""
     try:
@@ -35,7 +49,7 @@ def apply(settings: PerformanceConfig, device: torch.device) -> None:
     """Process-wide settings, once at start-up."""
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(settings.threads or cores)
+        torch.set_num_threads(cpu_threads(settings.threads, os.environ.get("OMP_NUM_THREADS"), cores))
     else:
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32

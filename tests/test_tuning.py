@@ -5,7 +5,7 @@ import torch
 
 from nst_batch.config import PerformanceConfig
 from nst_batch.engine import Speed, StyleParams, stylize
-from nst_batch.tuning import choose_speed
+from nst_batch.tuning import choose_speed, cpu_threads
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,14 @@ def test_explicit_settings_win():
     settings = PerformanceConfig(autocast="fp16", channels_last=True)
     assert choose_speed(settings, "lbfgs", "cuda", False) == Speed("fp16", True)
     assert choose_speed(PerformanceConfig(autocast=False), "adam", "cpu", True) == Speed()  # YAML's `off`
+
+
+@pytest.mark.parametrize(
+    ("configured", "omp", "expected"),
+    [(None, None, 16), (None, "4", 4), (3, "4", 3), (None, "", 16), (None, "four", 16), (None, "0", 16)],
+)
+def test_cpu_threads_follow_the_config_then_omp_num_threads_then_the_cores(configured, omp, expected):
+    assert cpu_threads(configured, omp, cores=16) == expected
 
 
 @pytest.mark.parametrize("speed", [Speed("bf16"), Speed(None, channels_last=True)])
