@@ -16,13 +16,13 @@ from pathlib import Path, PurePosixPath
 import torch
 from loguru import logger
 
-from .atomicio import atomic_path, atomic_write
+from .atomicio import atomic_write
+from .checkpoint import frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
 from .claims import Folders
 from .config import Config
 from . import tuning
 from .engine import (
-    Member, Network, Progress, Result, RunState, Speed, StyleParams, WeightsInfo, batch_key, resolve_device,
-    stylize_batch,
+    Member, Network, Progress, Result, Speed, StyleParams, WeightsInfo, batch_key, resolve_device, stylize_batch,
 )
 from .errors import NstBatchError
 from .imagefile import read_image
@@ -112,7 +112,7 @@ class Runner:
             seat.outcome = self._failure(seat, error)
             return seat
         checkpoint = self.folders.checkpoint(run.id)
-        resume = _load_checkpoint(checkpoint)
+        resume, seat.frames = load_checkpoint(checkpoint)
         if resume is not None:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
@@ -170,7 +170,8 @@ class Runner:
     def _finish(self, seat: "_Seat", result: Result) -> Outcome:
         run, params, log = seat.run, seat.params, seat.log
         if result.interrupted:
-            saved = "saved" if _save_checkpoint(self.folders.checkpoint(run.id), result.state, log) else "NOT saved"
+            saved = save_checkpoint(self.folders.checkpoint(run.id), result.state, seat.frames, log)
+            saved = "saved" if saved else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
         try:
@@ -190,9 +191,9 @@ class Runner:
         def on_progress(progress: Progress) -> bool:
             nonlocal last_report
             if progress.frame is not None:
-                frames.append(progress.frame)
+                frames.append(frame_bytes(progress.frame))
             if progress.iteration % self.config.checkpoint_every == 0:
-                _save_checkpoint(checkpoint, progress.snapshot(), log)
+                save_checkpoint(checkpoint, progress.snapshot(), frames, log)
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
@@ -206,7 +207,7 @@ class Runner:
         files = result_files(self.folders.staging_dir(job.id), run.label, self.config.output_format)
         files.image.parent.mkdir(parents=True, exist_ok=True)
         extra = {"job": job.label, "content": run.content, "styles": list(run.styles), "varying": run.varying}
-        write_result(result, params, weights, files.image, files.losses, files.gif, frames, extra)
+        write_result(result, params, weights, files.image, files.losses, files.gif, frame_pictures(frames), extra)
         self._draw(job, run, result, content, styles, files)
         final = result.history[-1]
         summary = {
@@ -247,25 +248,12 @@ class _Seat:
     content: torch.Tensor | None = None
     weights: WeightsInfo | None = None
     member: Member | None = None
-    frames: list[torch.Tensor] = field(default_factory=list)
+    frames: list[torch.Tensor] = field(default_factory=list)  # the progress GIF's, as bytes
     outcome: Outcome | None = None
 
 
 def _json(data) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-
-
-def _save_checkpoint(path: Path, state: RunState, log) -> bool:
-    """Save a checkpoint, or warn and go on: a checkpoint only saves time after an interruption,
-    so a full state disk must not end the run; the previous checkpoint, replaced atomically, stays
-    valid. Every failure is caught because torch reports a failed write without its errno."""
-    try:
-        with atomic_path(path) as temp:
-            torch.save(state.to_dict(), temp)
-        return True
-    except Exception as error:
-        log.warning(f"checkpoint {path.name} not saved ({error}); the run goes on")
-        return False
 
 
 def _no_space(error: Exception) -> bool:
@@ -281,14 +269,3 @@ def _out_of_memory(error: Exception) -> bool:
         return True
     text = str(error).lower()
     return "out of memory" in text or "can't allocate memory" in text  # the CPU allocator's words
-
-
-def _load_checkpoint(path: Path) -> RunState | None:
-    if not path.exists():
-        return None
-    try:
-        return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as error:  # a damaged checkpoint costs the progress, not the job
-        logger.warning(f"checkpoint {path.name} unreadable ({error}); starting the run again")
-        path.unlink(missing_ok=True)
-        return None

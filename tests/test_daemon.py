@@ -166,7 +166,7 @@ def test_sigterm_checkpoints_and_the_restart_resumes_and_finds_what_was_dropped_
     iterations = 60
     daemon: Daemon = daemon_factory(defaults={"image_size": 64, "iterations": iterations}, checkpoint_every=5)
     daemon.start()
-    drop_pair(daemon.inbox, "long")
+    drop_pair(daemon.inbox, "long", "gif: true\n")  # a frame every iteration
 
     def iteration() -> int:
         rows = daemon.query("SELECT iteration FROM runs WHERE status='running'")
@@ -199,6 +199,8 @@ def test_sigterm_checkpoints_and_the_restart_resumes_and_finds_what_was_dropped_
     rows = assert_losses(daemon.outbox / "long" / "losses.csv", iterations)
     elapsed = [float(row[-1]) for row in rows]
     assert elapsed == sorted(elapsed)  # the clock continued too
+    with Image.open(daemon.outbox / "long" / "progress.gif") as gif:
+        assert gif.n_frames >= iterations  # the frames from before the stop came back with the checkpoint
     assert [r["attempts"] for r in done["long"]["results"]] == [1]
     assert_losses(daemon.outbox / "meanwhile" / "losses.csv", 3)
     assert list((daemon.state / "checkpoints").iterdir()) == []

@@ -1,0 +1,52 @@
+"""A run's checkpoint on disk: the engine's RunState and the progress frames kept so far, so a
+resumed run ends with the same result, loss log and GIF as one never interrupted.
+
+Saving never ends a run (a checkpoint only saves time) and a damaged checkpoint costs the
+progress, never the job: both warn and go on."""
+
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from .atomicio import atomic_path
+from .engine import RunState
+
+
+def frame_bytes(frame: torch.Tensor) -> torch.Tensor:
+    """A progress frame as the GIF will have it, 8 bits a channel: a quarter of the memory, and
+    small enough to go into every checkpoint."""
+    return (frame.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def frame_pictures(frames: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Frames kept by ``frame_bytes`` as images in [0, 1] again."""
+    return [frame.float() / 255 for frame in frames]
+
+
+def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], log=logger) -> bool:
+    """Save, or warn and go on: a full state disk must not end the run, and the previous
+    checkpoint, replaced atomically, stays valid. Every failure is caught because torch reports
+    a failed write without its errno."""
+    try:
+        with atomic_path(path) as temp:
+            torch.save({"run": state.to_dict(), "frames": frames}, temp)
+        return True
+    except Exception as error:
+        log.warning(f"checkpoint {path.name} not saved ({error}); the run goes on")
+        return False
+
+
+def load_checkpoint(path: Path) -> tuple[RunState | None, list[torch.Tensor]]:
+    """The run's state and its progress frames so far, or (None, []) to start afresh."""
+    if not path.exists():
+        return None, []
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if "run" not in data:  # saved before checkpoints kept the frames: the GIF starts at the resume
+            return RunState.from_dict(data), []
+        return RunState.from_dict(data["run"]), list(data["frames"])
+    except Exception as error:
+        logger.warning(f"checkpoint {path.name} unreadable ({error}); starting the run again")
+        path.unlink(missing_ok=True)
+        return None, []

@@ -1,0 +1,72 @@
+"""A run's checkpoint on disk: state and progress frames come back; a damaged or unsaveable one
+costs only time."""
+
+import pytest
+import torch
+
+from nst_batch.checkpoint import frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
+from nst_batch.engine import StyleParams, stylize
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def stopped(vgg19_random, tiny_images):
+    """An L-BFGS run stopped at iteration 2, with its frames so far."""
+    frames = []
+
+    def on_progress(progress) -> bool:
+        frames.append(frame_bytes(progress.frame))
+        return progress.iteration == 2
+
+    params = StyleParams(image_size=24, iterations=5, seed=3, frame_every=1)
+    result = stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], params, callback=on_progress)
+    assert result.interrupted
+    return result, frames
+
+
+def test_state_and_frames_come_back_as_saved(tmp_path, stopped):
+    result, frames = stopped
+    path = tmp_path / "run-1.pt"
+    assert save_checkpoint(path, result.state, frames)
+    state, kept = load_checkpoint(path)
+    assert (state.iteration, state.seed) == (2, 3) and torch.equal(state.image, result.state.image)
+    assert len(kept) == 2 and all(torch.equal(a, b) for a, b in zip(kept, frames, strict=True))
+    assert kept[0].dtype == torch.uint8
+
+
+def test_a_frame_keeps_what_the_gif_keeps_in_a_quarter_of_the_memory(tiny_images):
+    image = tiny_images.gradient
+    [back] = frame_pictures([frame_bytes(image)])
+    assert frame_bytes(image).element_size() * 4 == image.element_size()
+    assert (back - image).abs().max() <= 0.5 / 255 + 1e-6  # 8 bits a channel, as in a GIF
+
+
+def test_a_checkpoint_saved_before_frames_were_kept_still_resumes(tmp_path, stopped):
+    result, _ = stopped
+    path = tmp_path / "run-1.pt"
+    torch.save(result.state.to_dict(), path)
+    state, frames = load_checkpoint(path)
+    assert state.iteration == 2 and frames == []
+
+
+def test_a_damaged_checkpoint_is_dropped_and_the_run_starts_afresh(tmp_path):
+    path = tmp_path / "run-1.pt"
+    path.write_bytes(b"not a checkpoint")
+    assert load_checkpoint(path) == (None, [])
+    assert not path.exists()
+    assert load_checkpoint(tmp_path / "run-2.pt") == (None, [])
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, stopped, monkeypatch):
+    result, frames = stopped
+    path = tmp_path / "run-1.pt"
+    assert save_checkpoint(path, result.state, frames[:1])
+
+    def refused(*args, **kwargs):  # torch reports a full disk without an errno
+        raise RuntimeError("PytorchStreamWriter failed writing file data")
+
+    monkeypatch.setattr(torch, "save", refused)
+    assert not save_checkpoint(path, result.state, frames)
+    _, kept = load_checkpoint(path)
+    assert len(kept) == 1
