@@ -2,7 +2,11 @@
 resumed run ends with the same result, loss log and GIF as one never interrupted.
 
 Saving never ends a run (a checkpoint only saves time) and a damaged checkpoint costs the
-progress, never the job: both warn and go on."""
+progress, never the job: both warn and go on. Nor may saving slow the runs down: an L-BFGS
+state holds two image-sized tensors per history pair (hundreds of MB at 512 px), which on a
+fast GPU takes longer to write than many iterations take to compute, so checkpoints come less
+often than ``checkpoint_every`` when they would cost more than CHECKPOINT_SHARE of the time.
+"""
 
 from pathlib import Path
 
@@ -11,6 +15,15 @@ from loguru import logger
 
 from .atomicio import atomic_path
 from .engine import RunState
+
+CHECKPOINT_SHARE = 0.05  # of the time since a batch started, at most, spent saving its checkpoints
+
+
+def checkpoint_due(since_saved: int, every: int, spent_s: float, elapsed_s: float) -> bool:
+    """Whether a run saves now (pure): ``every`` iterations or more since its last checkpoint,
+    and its batch's saving so far (``spent_s`` of ``elapsed_s``) within CHECKPOINT_SHARE. The
+    runs of a batch that are due together therefore save in turns, not all at once."""
+    return since_saved >= every and spent_s <= CHECKPOINT_SHARE * elapsed_s
 
 
 def frame_bytes(frame: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,9 @@ class Config(BaseModel):
     on_success: Literal["keep", "archive", "delete"] = Field(
         "archive", description="what happens to the inputs after success: keep | archive | delete"
     )
-    checkpoint_every: int = Field(25, ge=1, description="iterations between checkpoints")
+    checkpoint_every: int = Field(
+        25, ge=1, description="iterations between checkpoints (more when writing them would take over 5% of the time)"
+    )
     max_attempts: int = Field(3, ge=1, le=100, description="tries before a job goes to failed/")
     max_pixels: int = Field(50_000_000, ge=1, description="input images with more pixels are refused before decoding")
     output_format: Literal["png", "jpg"] = Field("png", description="png | jpg")

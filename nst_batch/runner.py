@@ -17,7 +17,7 @@ import torch
 from loguru import logger
 
 from .atomicio import atomic_write
-from .checkpoint import frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
 from .claims import Folders
 from .config import Config
 from . import tuning
@@ -86,7 +86,8 @@ class Runner:
     def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:
         """Runs of one batch_key (or one run), through shared passes of the network; an outcome for
         each. Progress goes into ``store``, the calling thread's connection."""
-        seats = [self._seat(job, run, stop, store) for job, run in runs]
+        saving = _SavingTime()
+        seats = [self._seat(job, run, stop, store, saving) for job, run in runs]
         # The batch was formed from the sizes the store recorded; the decoded images decide.
         batches: dict[tuple, list[_Seat]] = {}
         for seat in seats:
@@ -98,7 +99,9 @@ class Runner:
                 seat.outcome = ending if isinstance(ending, Outcome) else self._finish_or_fail(seat, ending)
         return [seat.outcome for seat in seats]
 
-    def _seat(self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store) -> "_Seat":
+    def _seat(
+        self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store, saving: "_SavingTime"
+    ) -> "_Seat":
         """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
         seat = _Seat(job, run, StyleParams.model_validate(run.params), logger.bind(job=job.label))
         try:
@@ -117,7 +120,8 @@ class Runner:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
             seat.log.info(f"{run.label}: starting ({seat.params.iterations * seat.params.scales} iterations on {self.device})")
-        on_progress = self._progress(run, stop, checkpoint, seat.frames, store, seat.log)
+        saved_at = resume.iteration if resume is not None else 0
+        on_progress = self._progress(seat, stop, store, checkpoint, saved_at, saving)
         seat.member = Member(seat.content, styles, seat.params, init, on_progress, resume)
         return seat
 
@@ -184,16 +188,21 @@ class Runner:
         return Outcome("done", None, final.iteration, last_scale, final.elapsed_s, self.speed(params).autocast is None)
 
     def _progress(
-        self, run: RunRecord, stop: threading.Event, checkpoint: Path, frames: list, store: Store, log
+        self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
     ) -> Callable:
+        run, frames, log = seat.run, seat.frames, seat.log
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
-            nonlocal last_report
+            nonlocal last_report, saved_at
             if progress.frame is not None:
                 frames.append(frame_bytes(progress.frame))
-            if progress.iteration % self.config.checkpoint_every == 0:
+            since_saved = progress.iteration - saved_at
+            if checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s()):
+                began = time.monotonic()
                 save_checkpoint(checkpoint, progress.snapshot(), frames, log)
+                saving.spent_s += time.monotonic() - began
+                saved_at = progress.iteration
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
@@ -250,6 +259,17 @@ class _Seat:
     member: Member | None = None
     frames: list[torch.Tensor] = field(default_factory=list)  # the progress GIF's, as bytes
     outcome: Outcome | None = None
+
+
+@dataclass
+class _SavingTime:
+    """How long the runs of one batch have spent saving checkpoints, of how long they have run."""
+
+    started: float = field(default_factory=time.monotonic)
+    spent_s: float = 0.0
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
 
 
 def _json(data) -> str:

@@ -4,7 +4,9 @@ costs only time."""
 import pytest
 import torch
 
-from nst_batch.checkpoint import frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
+from nst_batch.checkpoint import (
+    CHECKPOINT_SHARE, checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint,
+)
 from nst_batch.engine import StyleParams, stylize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,3 +72,35 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, s
     assert not save_checkpoint(path, result.state, frames)
     _, kept = load_checkpoint(path)
     assert len(kept) == 1
+
+
+def test_a_checkpoint_is_due_every_n_iterations_while_saving_is_cheap():
+    assert [checkpoint_due(since, 25, spent_s=0.0, elapsed_s=10.0) for since in (1, 24, 25, 40)] == [
+        False, False, True, True
+    ]
+
+
+def test_checkpoints_that_take_long_to_write_come_less_often():
+    """On a fast GPU, 25 iterations of a batch take 0.2 s and its L-BFGS checkpoints seconds."""
+    every, iteration_s, save_s = 25, 0.008, 1.5
+    elapsed = spent = 0.0
+    since, saves = 0, 0
+    for _ in range(10_000):  # one run: 80 s of iterations
+        elapsed += iteration_s
+        since += 1
+        if checkpoint_due(since, every, spent, elapsed):
+            elapsed += save_s
+            spent += save_s
+            since, saves = 0, saves + 1
+    assert spent <= CHECKPOINT_SHARE * elapsed + save_s  # one save over the share, at most
+    assert 2 <= saves < 10_000 // every  # still checkpointed, but far less often than every 25
+
+
+def test_the_runs_of_a_batch_due_together_save_in_turns():
+    spent, elapsed = 0.0, 100.0
+    due = []
+    for _ in range(8):  # eight members reach iteration 25 in the same pass
+        due.append(checkpoint_due(25, 25, spent, elapsed))
+        if due[-1]:
+            spent += 2.0
+    assert due == [True, True, True, False, False, False, False, False]

@@ -20,10 +20,10 @@ from nst_batch.workers import Workers
 real_stylize = runner_module.stylize_batch
 
 
-def make_service(tmp_path, monkeypatch, **scheduler) -> Service:
+def make_service(tmp_path, monkeypatch, checkpoint_every: int = 25, **scheduler) -> Service:
     monkeypatch.setattr("signal.signal", lambda signum, handler: None)
     config = Config(
-        performance={"autocast": "off", "threads": 1},
+        performance={"autocast": "off", "threads": 1}, checkpoint_every=checkpoint_every,
         inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None,
         model={"weights": "random"}, max_attempts=2,
         defaults={"image_size": 32, "iterations": 2, "seed": 0, "early_stop_tol": 0},
@@ -220,4 +220,28 @@ def test_a_result_that_cannot_be_written_costs_only_its_own_run(tmp_path, monkey
     assert broken == ["two"]
     assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]
     assert [service.store.runs(job)[0].attempts for job in jobs] == [1, 2, 1]
+    service.store.close()
+
+
+@pytest.mark.parametrize(("save_s", "expected"), [(0.0, 3 * 6), (0.3, 1)])
+def test_checkpoints_slower_than_the_runs_come_less_often(tmp_path, monkeypatch, save_s, expected):
+    service = make_service(tmp_path, monkeypatch, checkpoint_every=1, max_batch=4)
+    for name in ("one", "two", "three"):
+        queue_job(service, name, iterations=6)
+    batches = spy_on_batches(monkeypatch)
+    saved: list[tuple[int, str]] = []
+
+    def save_checkpoint(path, state, frames, log):  # as long as a save takes, without the disk's own time
+        time.sleep(save_s)
+        saved.append((state.iteration, path.name))
+        return True
+
+    monkeypatch.setattr(runner_module, "save_checkpoint", save_checkpoint)
+    run_until_settled(service)
+    assert batches == [3] and all(job.status == "done" for job in service.store.jobs())
+    # Cheap saves: every run, every iteration. A save that takes 0.3 s, when six iterations of
+    # the batch take about 0.2 s: the first, then none until saving is back within 5% of the time.
+    assert len(saved) == expected
+    if save_s:
+        assert saved[0][0] == 1
     service.store.close()
