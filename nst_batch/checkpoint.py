@@ -37,27 +37,34 @@ def frame_pictures(frames: list[torch.Tensor]) -> list[torch.Tensor]:
     return [frame.float() / 255 for frame in frames]
 
 
-def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], log=logger) -> bool:
+def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], params: str, log=logger) -> bool:
     """Save, or warn and go on: a full state disk must not end the run, and the previous
     checkpoint, replaced atomically, stays valid. Every failure is caught because torch reports
-    a failed write without its errno."""
+    a failed write without its errno. ``params``: the run's parameters as JSON, which the state
+    belongs to."""
     try:
         with atomic_path(path) as temp:
-            torch.save({"run": state.to_dict(), "frames": frames}, temp)
+            torch.save({"run": state.to_dict(), "frames": frames, "params": params}, temp)
         return True
     except Exception as error:
         log.warning(f"checkpoint {path.name} not saved ({error}); the run goes on")
         return False
 
 
-def load_checkpoint(path: Path) -> tuple[RunState | None, list[torch.Tensor]]:
-    """The run's state and its progress frames so far, or (None, []) to start afresh."""
+def load_checkpoint(path: Path, params: str) -> tuple[RunState | None, list[torch.Tensor]]:
+    """The run's state and its progress frames so far, or (None, []) to start afresh: when there
+    is none, when it is damaged, or when it was saved with other ``params`` (the too_big policy
+    changed them since), whose state would not fit the run now."""
     if not path.exists():
         return None, []
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if "run" not in data:  # saved before checkpoints kept the frames: the GIF starts at the resume
             return RunState.from_dict(data), []
+        if data.get("params") != params:
+            logger.info(f"checkpoint {path.name} was saved with other parameters; starting the run again")
+            path.unlink(missing_ok=True)
+            return None, []
         return RunState.from_dict(data["run"]), list(data["frames"])
     except Exception as error:
         logger.warning(f"checkpoint {path.name} unreadable ({error}); starting the run again")

@@ -115,7 +115,7 @@ class Runner:
             seat.outcome = self._failure(seat, error)
             return seat
         checkpoint = self.folders.checkpoint(run.id)
-        resume, seat.frames = load_checkpoint(checkpoint)
+        resume, seat.frames = load_checkpoint(checkpoint, seat.params.model_dump_json())
         if resume is not None:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
@@ -174,7 +174,8 @@ class Runner:
     def _finish(self, seat: "_Seat", result: Result) -> Outcome:
         run, params, log = seat.run, seat.params, seat.log
         if result.interrupted:
-            saved = save_checkpoint(self.folders.checkpoint(run.id), result.state, seat.frames, log)
+            checkpoint = self.folders.checkpoint(run.id)
+            saved = save_checkpoint(checkpoint, result.state, seat.frames, params.model_dump_json(), log)
             saved = "saved" if saved else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
@@ -191,6 +192,7 @@ class Runner:
         self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
     ) -> Callable:
         run, frames, log = seat.run, seat.frames, seat.log
+        params = seat.params.model_dump_json()
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
@@ -200,7 +202,7 @@ class Runner:
             since_saved = progress.iteration - saved_at
             if checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s()):
                 began = time.monotonic()
-                save_checkpoint(checkpoint, progress.snapshot(), frames, log)
+                save_checkpoint(checkpoint, progress.snapshot(), frames, params, log)
                 saving.spent_s += time.monotonic() - began
                 saved_at = progress.iteration
             now = time.monotonic()

@@ -11,6 +11,9 @@ from nst_batch.engine import StyleParams, stylize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+STOPPED = StyleParams(image_size=24, iterations=5, seed=3, frame_every=1)
+PARAMS = STOPPED.model_dump_json()
+
 
 @pytest.fixture
 def stopped(vgg19_random, tiny_images):
@@ -21,8 +24,7 @@ def stopped(vgg19_random, tiny_images):
         frames.append(frame_bytes(progress.frame))
         return progress.iteration == 2
 
-    params = StyleParams(image_size=24, iterations=5, seed=3, frame_every=1)
-    result = stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], params, callback=on_progress)
+    result = stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], STOPPED, callback=on_progress)
     assert result.interrupted
     return result, frames
 
@@ -30,8 +32,8 @@ def stopped(vgg19_random, tiny_images):
 def test_state_and_frames_come_back_as_saved(tmp_path, stopped):
     result, frames = stopped
     path = tmp_path / "run-1.pt"
-    assert save_checkpoint(path, result.state, frames)
-    state, kept = load_checkpoint(path)
+    assert save_checkpoint(path, result.state, frames, PARAMS)
+    state, kept = load_checkpoint(path, PARAMS)
     assert (state.iteration, state.seed) == (2, 3) and torch.equal(state.image, result.state.image)
     assert len(kept) == 2 and all(torch.equal(a, b) for a, b in zip(kept, frames, strict=True))
     assert kept[0].dtype == torch.uint8
@@ -48,29 +50,39 @@ def test_a_checkpoint_saved_before_frames_were_kept_still_resumes(tmp_path, stop
     result, _ = stopped
     path = tmp_path / "run-1.pt"
     torch.save(result.state.to_dict(), path)
-    state, frames = load_checkpoint(path)
+    state, frames = load_checkpoint(path, PARAMS)
     assert state.iteration == 2 and frames == []
 
 
 def test_a_damaged_checkpoint_is_dropped_and_the_run_starts_afresh(tmp_path):
     path = tmp_path / "run-1.pt"
     path.write_bytes(b"not a checkpoint")
-    assert load_checkpoint(path) == (None, [])
+    assert load_checkpoint(path, PARAMS) == (None, [])
     assert not path.exists()
-    assert load_checkpoint(tmp_path / "run-2.pt") == (None, [])
+    assert load_checkpoint(tmp_path / "run-2.pt", PARAMS) == (None, [])
+
+
+def test_a_checkpoint_saved_with_other_parameters_is_dropped(tmp_path, stopped):
+    """The too_big policy may shrink a queued run: its state, for the old size, cannot resume it."""
+    result, frames = stopped
+    path = tmp_path / "run-1.pt"
+    assert save_checkpoint(path, result.state, frames, PARAMS)
+    smaller = StyleParams(image_size=16, iterations=5, seed=3, frame_every=1).model_dump_json()
+    assert load_checkpoint(path, smaller) == (None, [])
+    assert not path.exists()
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, stopped, monkeypatch):
     result, frames = stopped
     path = tmp_path / "run-1.pt"
-    assert save_checkpoint(path, result.state, frames[:1])
+    assert save_checkpoint(path, result.state, frames[:1], PARAMS)
 
     def refused(*args, **kwargs):  # torch reports a full disk without an errno
         raise RuntimeError("PytorchStreamWriter failed writing file data")
 
     monkeypatch.setattr(torch, "save", refused)
-    assert not save_checkpoint(path, result.state, frames)
-    _, kept = load_checkpoint(path)
+    assert not save_checkpoint(path, result.state, frames, PARAMS)
+    _, kept = load_checkpoint(path, PARAMS)
     assert len(kept) == 1
 
 

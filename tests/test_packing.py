@@ -11,7 +11,10 @@ from PIL import Image
 
 from nst_batch import runner as runner_module
 from nst_batch.capacity import Capacity
+from nst_batch.checkpoint import save_checkpoint
 from nst_batch.config import Config
+from nst_batch.engine import StyleParams, stylize
+from nst_batch.imagefile import read_image
 from nst_batch.runner import Runner
 from nst_batch.service import Service
 from nst_batch.store import RunSpec
@@ -231,7 +234,7 @@ def test_checkpoints_slower_than_the_runs_come_less_often(tmp_path, monkeypatch,
     batches = spy_on_batches(monkeypatch)
     saved: list[tuple[int, str]] = []
 
-    def save_checkpoint(path, state, frames, log):  # as long as a save takes, without the disk's own time
+    def save_checkpoint(path, state, frames, params, log):  # as long as a save takes, without the disk's own time
         time.sleep(save_s)
         saved.append((state.iteration, path.name))
         return True
@@ -244,4 +247,28 @@ def test_checkpoints_slower_than_the_runs_come_less_often(tmp_path, monkeypatch,
     assert len(saved) == expected
     if save_s:
         assert saved[0][0] == 1
+    service.store.close()
+
+
+def test_a_run_changed_to_fit_after_its_checkpoint_starts_again_rather_than_fail(tmp_path, monkeypatch):
+    """A checkpoint at 32 px, then the too_big policy shrinks the queued run to 24 px: the old
+    state cannot resume the new run (its image has the old size), so the run starts afresh."""
+    service = make_service(tmp_path, monkeypatch)
+    job = queue_job(service, "big", iterations=4)
+    [run] = service.store.runs(job)
+    params = StyleParams.model_validate(run.params)
+    folder = service.folders.job_dir(job)
+    stopped = stylize(
+        service.runner.network("vgg19")[0], read_image(folder / "big.content.png"), [read_image(folder / "big.style.png")],
+        params, callback=lambda progress: progress.iteration == 2,
+    )
+    assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, [], params.model_dump_json())
+    service.store.change_params(run.id, {**run.params, "image_size": 24}, "shrunk to fit the device")
+    run_until_settled(service)
+    [run] = service.store.runs(job)
+    assert (service.store.job(job).status, run.attempts) == ("done", 1)
+    record = json.loads((service.folders.outbox / "big" / "job.json").read_text())
+    assert record["results"][0]["iterations"] == 4  # all of them: nothing resumed
+    with Image.open(service.folders.outbox / "big" / "big.png") as image:
+        assert max(image.size) == 24
     service.store.close()
