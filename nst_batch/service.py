@@ -259,7 +259,7 @@ class Service:
             last_scale = outcome.last_scale_iterations if outcome.status == "done" else 10**6
             self.capacity.learn(self.store, run, alone_peak, outcome.iterations, last_scale, outcome.seconds, outcome.fp32)
         if outcome.status == "done":
-            self.store.finish_run(run.id, outcome.seconds, peak_bytes or None)
+            self.store.finish_run(run.id, outcome.seconds, None if batched else peak_bytes or None)
         elif outcome.status == "stopped":
             self.store.requeue_run(run.id)
         elif outcome.status == "no_space":

@@ -117,7 +117,7 @@ class RunRecord:
     started: float | None
     finished: float | None
     seconds: float | None
-    peak_bytes: int | None
+    peak_bytes: int | None  # the device's peak while it ran; None when it ran in a batch
     error: str | None
     content_width: int
     content_height: int

@@ -24,17 +24,18 @@ def choose_speed(settings: PerformanceConfig, optimizer: str, device_type: str, 
 
 
 def cpu_threads(configured: int | None, omp_num_threads: str | None, cores: int) -> int:
-    """Threads for a CPU run (pure): the config's, else OMP_NUM_THREADS, else every usable core.
+    """Threads for a CPU run (pure): the config's, else OMP_NUM_THREADS (never more than the
+    usable cores), else every usable core.
 
     OMP_NUM_THREADS is how a machine shared with other work says how much of it is ours: on a
     busy two-core machine, threads waiting on each other made the engine several times slower."""
     if configured is not None:
         return configured
     try:
-        wanted = int(omp_num_threads or "")
+        wanted = int((omp_num_threads or "").split(",")[0])  # "4,2": nested levels; the first is ours
     except ValueError:
         return cores
-    return wanted if wanted >= 1 else cores
+    return min(wanted, cores) if wanted >= 1 else cores
 
 
 def cpu_has_bf16() -> bool:

@@ -29,7 +29,8 @@ def test_explicit_settings_win():
 
 @pytest.mark.parametrize(
     ("configured", "omp", "expected"),
-    [(None, None, 16), (None, "4", 4), (3, "4", 3), (None, "", 16), (None, "four", 16), (None, "0", 16)],
+    [(None, None, 16), (None, "4", 4), (3, "4", 3), (None, "4,2", 4), (None, "64", 16), (None, "", 16),
+     (None, "four", 16), (None, "0", 16)],
 )
 def test_cpu_threads_follow_the_config_then_omp_num_threads_then_the_cores(configured, omp, expected):
     assert cpu_threads(configured, omp, cores=16) == expected
