@@ -126,8 +126,8 @@ class Runner:
         return seat
 
     def _stylize(self, seats: list["_Seat"]) -> list[Result | Outcome]:
-        """The engine's results, each member's own error as its outcome, or one outcome for all
-        when the batch as a whole broke (out of memory: each retries alone)."""
+        """The engine's results, each member's own error as its own outcome, or one outcome for
+        all when the batch as a whole broke (out of memory: each retries alone)."""
         network, _ = self.network(seats[0].params.backbone)
         speed = self.speed(seats[0].params)
         if len(seats) > 1:
@@ -138,7 +138,7 @@ class Runner:
         except Exception as error:
             failures = [self._failure(seat, error) for seat in seats]
         else:
-            return [Outcome("failed", str(e)) if isinstance(e, NstBatchError) else e for e in endings]
+            return [self._failure(seat, e) if isinstance(e, Exception) else e for seat, e in zip(seats, endings)]
         if failures[0].status == "out_of_memory":
             # Outside the except block: the traceback, whose frames hold the batch's tensors, is gone.
             self._release_memory(seats)

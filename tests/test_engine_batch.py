@@ -120,6 +120,33 @@ def test_a_diverging_member_fails_alone(vgg19_random, tiny_images):
     _assert_same(outcomes[2], _alone(vgg19_random, members[2]), "adam")
 
 
+def test_a_member_whose_callback_raises_ends_with_that_error_and_the_others_go_on(vgg19_random, tiny_images):
+    """A daemon's callback writes progress to a database, which may fail: that ends its run only."""
+    members = _members(tiny_images, "lbfgs")
+
+    def broken(progress) -> bool:
+        if progress.iteration == 3:
+            raise RuntimeError("database is locked")
+        return False
+
+    failing = Member(tiny_images.gradient, [_noise(6)], _params(), callback=broken)
+    outcomes = stylize_batch(vgg19_random, [members[0], failing, members[2]])
+    assert isinstance(outcomes[1], RuntimeError) and "database is locked" in str(outcomes[1])
+    _assert_same(outcomes[0], _alone(vgg19_random, members[0]))
+    _assert_same(outcomes[2], _alone(vgg19_random, members[2]))
+    with pytest.raises(RuntimeError, match="database is locked"):  # alone, stylize() raises it
+        _alone(vgg19_random, failing)
+
+
+def test_running_out_of_memory_in_one_member_is_raised_for_the_whole_batch(vgg19_random, tiny_images):
+    def no_memory(progress) -> bool:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    members = _members(tiny_images, "adam", iterations=2)
+    with pytest.raises(torch.OutOfMemoryError):
+        stylize_batch(vgg19_random, [*members, Member(tiny_images.gradient, [_noise(6)], _params(), callback=no_memory)])
+
+
 def test_a_member_with_a_style_too_narrow_gets_its_error_and_the_others_run(vgg19_random, tiny_images):
     members = _members(tiny_images, "adam", iterations=2)
     narrow = Member(tiny_images.gradient, [_noise(0, 4, 64)], _params(optimizer="adam", iterations=2))

@@ -2,6 +2,7 @@
 the real runner and engine on tiny images, the service's loop without serve()."""
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -17,7 +18,7 @@ from nst_batch.engine import StyleParams, stylize
 from nst_batch.imagefile import read_image
 from nst_batch.runner import Runner
 from nst_batch.service import Service
-from nst_batch.store import RunSpec
+from nst_batch.store import RunSpec, Store
 from nst_batch.workers import Workers
 
 real_stylize = runner_module.stylize_batch
@@ -271,4 +272,25 @@ def test_a_run_changed_to_fit_after_its_checkpoint_starts_again_rather_than_fail
     assert record["results"][0]["iterations"] == 4  # all of them: nothing resumed
     with Image.open(service.folders.outbox / "big" / "big.png") as image:
         assert max(image.size) == 24
+    service.store.close()
+
+
+def test_an_error_in_one_runs_progress_costs_only_that_run(tmp_path, monkeypatch):
+    service = make_service(tmp_path, monkeypatch, max_batch=4)
+    jobs = [queue_job(service, name) for name in ("one", "two", "three")]
+    two = service.store.runs(jobs[1])[0].id
+    real_progress, broken = Store.progress, []
+
+    def progress(self, run_id, *args):
+        if run_id == two and not broken:
+            broken.append(run_id)
+            raise sqlite3.OperationalError("database is locked")
+        return real_progress(self, run_id, *args)
+
+    monkeypatch.setattr(Store, "progress", progress)
+    batches = spy_on_batches(monkeypatch)
+    run_until_settled(service)
+    assert broken == [two] and batches == [3, 1]
+    assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]
+    assert [service.store.runs(job)[0].attempts for job in jobs] == [1, 2, 1]
     service.store.close()

@@ -13,14 +13,15 @@ callback and gets back a :class:`RunState` to resume from later.
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
 import torch
 
-from ..errors import DivergedError, InputError, NstBatchError
+from ..errors import DivergedError, InputError
 from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
 from .losses import ContentLoss, StyleLoss, StyleTransferLoss
@@ -148,7 +149,7 @@ def stylize(
     precision, channels-last layout or compiled (losses stay in fp32).
     """
     (outcome,) = stylize_batch(network, [Member(content, styles, params, init_image, callback, resume)], speed=speed)
-    if isinstance(outcome, NstBatchError):
+    if isinstance(outcome, Exception):
         raise outcome
     return outcome
 
@@ -163,10 +164,12 @@ def batch_key(params: StyleParams, content_shape: Sequence[int]) -> tuple:
     return (params.backbone, params.pooling, layers, shapes)
 
 
-def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed = Speed()) -> list[Result | NstBatchError]:
+def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed = Speed()) -> list[Result | Exception]:
     """Run several transfers with equal :func:`batch_key` through one forward and backward pass
     per iteration. Each member gets what stylize() would have given it: its Result, or in its
-    place the error (bad input, a diverged loss) that ended it alone; the others go on.
+    place the error that ended it alone (bad input, a diverged loss, its callback's or its
+    optimizer's exception); the others go on. Only what breaks the shared pass, or running out
+    of memory anywhere (the batch is too big), is raised for all.
     """
     if not members:
         return []
@@ -202,7 +205,7 @@ class _Transfer:
         )
         self.resuming = member.resume is not None
         self.started = time.perf_counter() - self.state.elapsed_s
-        self.error: NstBatchError | None = None
+        self.error: Exception | None = None
         self.interrupted = False
         self.run: _ScaleRun | None = None
         try:
@@ -215,6 +218,11 @@ class _Transfer:
         """The run of this scale, or None when this member has ended or already passed it."""
         if self.error is not None or self.interrupted or scale < self.state.scale:
             return None
+        with _member_errors(self):
+            self.run = self._scale_run(scale)
+        return self.run
+
+    def _scale_run(self, scale: int) -> "_ScaleRun":
         sizes = self.params.scale_sizes
         content = resize_long_side(self.member.content, sizes[scale]).to(self.device)
         if self.resuming and scale == self.state.scale:
@@ -226,8 +234,7 @@ class _Transfer:
             )
         self.resuming = False
         loss_fn = _loss(self.extractor, content, self.member.styles, self.params, self.blend, sizes[scale])
-        self.run = _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback)
-        return self.run
+        return _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback)
 
     def leave(self) -> None:
         if self.run is None:
@@ -240,10 +247,23 @@ class _Transfer:
         else:  # the next scale starts a fresh optimizer: copying this one's state would be wasted
             self.state = run.snapshot(with_optimizer=False)
 
-    def outcome(self) -> Result | NstBatchError:
-        if self.error is not None:
-            return self.error
-        return _result(self.state, self.member.content, self.params, interrupted=self.interrupted)
+    def outcome(self) -> Result | Exception:
+        if self.error is None:
+            with _member_errors(self):
+                return _result(self.state, self.member.content, self.params, interrupted=self.interrupted)
+        return self.error
+
+
+@contextmanager
+def _member_errors(holder: "_Transfer | _ScaleRun") -> Iterator[None]:
+    """What goes wrong in one member's own work ends that member, as its ``error``; running out
+    of memory is the batch's problem, not the member's, and is raised for all."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as error:
+        holder.error = error
 
 
 def _iterate(extractor: Callable[[torch.Tensor], dict[str, torch.Tensor]], runs: list["_ScaleRun"]) -> None:
@@ -341,7 +361,7 @@ class _ScaleRun:
         self.best = list(accumulate((r.total for r in self.history[self.scale_start :]), min))
         self.stopped = False  # by the callback...
         self.stop_state: RunState | None = None  # ...which leaves the state to resume from
-        self.error: DivergedError | None = None
+        self.error: Exception | None = None
 
     def ended(self) -> bool:
         """Stopped, failed, out of iterations, or stopped early (an early stop ends its scale)."""
@@ -358,6 +378,10 @@ class _ScaleRun:
 
     def advance(self, total: torch.Tensor) -> None:
         """One optimizer step from the loss and gradient just computed, then record and report."""
+        with _member_errors(self):
+            self._advance(total)
+
+    def _advance(self, total: torch.Tensor) -> None:
         self.optimizer.step(_evaluated(total))
         self.iteration += 1
         record = LossRecord(self.iteration, *self.terms.tolist(), time.perf_counter() - self.started)
