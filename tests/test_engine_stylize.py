@@ -258,6 +258,18 @@ def test_interrupt_on_the_early_stop_iteration_does_not_lose_the_early_stop(vgg1
     assert [stop.iteration for stop in rest.early_stops] == [3]
 
 
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [({"image_size": 16}, r"holds a \(24, 24\) image, but these parameters make \(16, 16\)"),
+     ({"optimizer": "adam"}, "saved by lbfgs, not adam")],
+)
+def test_a_state_resumed_with_other_parameters_is_refused_with_the_reason(vgg19_random, tiny_images, changed, message):
+    content, style = tiny_images.gradient, [tiny_images.noise]
+    first = stylize(vgg19_random, content, style, _params(), callback=_stop_at(2))
+    with pytest.raises(ValueError, match=message):
+        stylize(vgg19_random, content, style, _params(**changed), resume=_round_trip(first.state))
+
+
 # -- init images and failures ----------------------------------------------------------------
 
 

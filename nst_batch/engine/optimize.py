@@ -227,6 +227,11 @@ class _Transfer:
         content = resize_long_side(self.member.content, sizes[scale]).to(self.device)
         if self.resuming and scale == self.state.scale:
             image = self.state.image.to(content.device)
+            if image.shape[-2:] != content.shape[-2:]:
+                raise ValueError(
+                    f"the resume state holds a {tuple(image.shape[-2:])} image, but these parameters make "
+                    f"{tuple(content.shape[-2:])} at scale {scale}: resume with the parameters it was saved with"
+                )
         else:
             image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
             self.state = replace(
@@ -353,6 +358,12 @@ class _ScaleRun:
         self.image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
         self.optimizer = _optimizer(params, self.image)
         if state.optimizer:
+            saved = "lbfgs" if "history_size" in state.optimizer["param_groups"][0] else "adam"
+            if saved != params.optimizer:
+                raise ValueError(
+                    f"the resume state was saved by {saved}, not {params.optimizer}: "
+                    "resume with the parameters it was saved with"
+                )
             self.optimizer.load_state_dict(state.optimizer)
         self.history = list(state.history)
         self.early_stops = list(state.early_stops)
