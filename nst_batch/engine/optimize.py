@@ -315,7 +315,7 @@ def _starting_image(
         return content.clone()
     if params.init == "noise":
         generator = torch.Generator().manual_seed(state.seed)
-        return torch.rand((1, 3, *shape), generator=generator).to(content.device)
+        return torch.rand((1, 3, *shape), generator=generator, dtype=content.dtype).to(content.device)
     return resize(init_image.to(content.device), shape)
 
 
