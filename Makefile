@@ -1,29 +1,42 @@
 # Two commands on a fresh machine:  `make run` (the daemon)  and  `make test` (the test suite).
-# Both create .venv on first use and reinstall when pyproject.toml changes.
-VENV   ?= .venv
-PYTHON ?= python3
-CONFIG ?= config.yaml
-BIN     = $(VENV)/bin
+# Both create .venv on first use and reinstall when pyproject.toml changes. They install what pip
+# resolves today, as a user's machine does; `make test CONSTRAINTS=constraints.txt` installs the
+# last known-good set instead (into .venv-pinned), and `make constraints` refreshes that file.
+PYTHON      ?= python3
+CONFIG      ?= config.yaml
+CONSTRAINTS ?=
+VENV        ?= $(if $(CONSTRAINTS),.venv-pinned,.venv)
+BIN          = $(VENV)/bin
+PYTEST_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench constraints clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
 $(CONFIG):
 	cp config.example.yaml $(CONFIG)
 	@echo "created $(CONFIG) from config.example.yaml: edit it, then run 'make run' again if needed"
 
+# The first run fetches the ImageNet weights the config needs (once; offline it stops with one line).
 run: $(BIN)/.installed $(CONFIG)
+	$(BIN)/nst-batch fetch-weights --config $(CONFIG) --if-missing
 	$(BIN)/nst-batch serve --config $(CONFIG)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/engine_overhead.py
 
+# Only after the suite passed on what pip resolves today: those versions become the known-good set.
+constraints: test
+	{ echo "# The last known-good set: 'make test' passed with these on $$(date -u +%F)," \
+	       "Python $$($(BIN)/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \
+	  echo "# Reproduce a failure with: make test CONSTRAINTS=constraints.txt   Refresh with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf .venv .venv-pinned .pytest_cache

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     # no argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and fails
     fetch.add_argument("backbones", nargs="*", metavar="BACKBONE", help="vgg19 (default), vgg16, resnet18")
     fetch.add_argument("--url", help="download from this mirror instead (the file is checked by loading it)")
+    fetch.add_argument(
+        "--if-missing", action="store_true", help="fetch only what the cache lacks (what `make run` does first)"
+    )
+    _add_config_options(fetch)
     fetch.set_defaults(handler=_fetch)
     return parser
 
@@ -189,12 +193,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from .engine import fetch_weights
+    """The named backbones, or with --config the one its daemon loads first, if it uses ImageNet weights."""
+    from .engine import fetch_weights, imagenet_file
     from .engine.layers import BACKBONES
 
-    for backbone in dict.fromkeys(args.backbones or ["vgg19"]):
+    backbones = args.backbones
+    if not backbones and args.config is not None:
+        from .config import load_config
+
+        config = load_config(args.config, args.overrides)
+        if str(config.model.weights) != "imagenet":
+            logger.info(f"{args.config} uses the weights {config.model.weights}: nothing to fetch")
+            return 0
+        backbones = [config.defaults.backbone]
+    for backbone in dict.fromkeys(backbones or ["vgg19"]):
         if backbone not in BACKBONES:
             raise NstBatchError(f"unknown backbone {backbone!r}: choose from {', '.join(BACKBONES)}")
+        if args.if_missing and imagenet_file(backbone).is_file():
+            logger.info(f"the {backbone} ImageNet weights are in {imagenet_file(backbone)}")
+            continue
         logger.info(f"fetching {backbone} ImageNet weights ...")
         logger.info(f"saved {fetch_weights(backbone, url=args.url)}")
     return 0

@@ -252,3 +252,59 @@ def test_fetch_weights_checks_the_official_files_checksum(torch_home, vgg19_file
         fetch_weights("vgg19")
     assert requested == [torchvision.models.VGG19_Weights.IMAGENET1K_V1.url]
     assert _files_in(torch_home / "hub") == []
+
+
+# -- `make run`'s first step: fetch-weights --config --if-missing ----------------------------
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_make_runs_first_step_fetches_the_configs_backbone_once(torch_home, mirror, vgg19_file, tmp_path, capsys):
+    from nst_batch.cli import main
+
+    folder, base = mirror
+    (folder / "vgg19.pth").write_bytes(vgg19_file.read_bytes())
+    config = _config(tmp_path, "model:\n  weights: imagenet\n")
+    fetch = ["fetch-weights", "--config", str(config), "--if-missing", "--url", f"{base}/vgg19.pth"]
+    assert main(fetch) == 0
+    assert _files_in(torch_home / "hub") == [imagenet_file("vgg19")]
+    (folder / "vgg19.pth").unlink()  # a second download would now fail (404)
+    assert main(fetch) == 0
+    assert f"the vgg19 ImageNet weights are in {imagenet_file('vgg19')}" in capsys.readouterr().err
+    assert load_network("vgg19", "imagenet")[1].pretrained
+
+
+def test_make_runs_first_step_fetches_nothing_for_other_weights(torch_home, tmp_path, capsys):
+    from nst_batch.cli import main
+
+    config = _config(tmp_path, "model:\n  weights: random\n")
+    unreachable = "http://127.0.0.1:9/vgg19.pth"  # the discard port: a download would fail
+    assert main(["fetch-weights", "--config", str(config), "--if-missing", "--url", unreachable]) == 0
+    assert "nothing to fetch" in capsys.readouterr().err and _files_in(torch_home / "hub") == []
+
+
+def test_make_runs_first_step_offline_is_one_line_that_says_what_to_do(torch_home, tmp_path, capsys):
+    from nst_batch.cli import main
+
+    config = _config(tmp_path, "model:\n  weights: imagenet\ndefaults:\n  backbone: vgg16\n")
+    unreachable = "http://127.0.0.1:9/vgg16.pth"
+    assert main(["fetch-weights", "--config", str(config), "--if-missing", "--url", unreachable]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "could not download" in errors[0]
+    assert imagenet_file("vgg16").name in errors[0] and str(imagenet_file("vgg16").parent) in errors[0]
+    assert _files_in(torch_home / "hub") == []
+
+
+def test_make_run_fetches_missing_weights_before_it_serves(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    config = _config(tmp_path, "model:\n  weights: imagenet\n")
+    plan = subprocess.run(["make", "-n", "-C", str(root), "run", f"CONFIG={config}"], capture_output=True, text=True)
+    commands = [line for line in plan.stdout.splitlines() if "nst-batch " in line]
+    assert [c.split("nst-batch ")[1].split()[0] for c in commands] == ["fetch-weights", "serve"], plan.stdout
+    assert "--if-missing" in commands[0] and f"--config {config}" in commands[0]

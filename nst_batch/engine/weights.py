@@ -100,7 +100,10 @@ def fetch_weights(backbone: str, url: str | None = None, timeout: float = 30.0) 
         _network_from_file(backbone, Path(tmp_name), "torchvision")
         os.replace(tmp_name, target)
     except (OSError, ValueError) as error:  # URLError is an OSError; a malformed URL a ValueError
-        raise WeightsError(f"could not download {source}: {getattr(error, 'reason', error)}") from None
+        raise WeightsError(
+            f"could not download {source}: {getattr(error, 'reason', error)}; without network access, "
+            f"copy {os.path.basename(IMAGENET[backbone].url)} into {target.parent} by hand"
+        ) from None
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
