@@ -59,10 +59,13 @@ def loss_figure(
     """The matplotlib Figure that ``write_loss_plot`` saves, on its own Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     rows = [_record(r) for r in history]
     iterations = [r["iteration"] for r in rows]
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    # A fixed layout: a constrained-layout solve took most of the 0.1 s this plot cost per result.
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    figure.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.92)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     drawn = False
@@ -76,6 +79,7 @@ def loss_figure(
         drawn = True
     if drawn:
         axes.set_yscale("log")
+        axes.yaxis.set_minor_locator(NullLocator())  # dozens of unlabelled ticks cost a third of the drawing
     else:
         axes.text(0.5, 0.5, "no positive loss to draw" if rows else "no iterations", ha="center", va="center",
                   transform=axes.transAxes)
@@ -98,7 +102,7 @@ def loss_figure(
     axes.set_xlabel("iteration")
     axes.set_ylabel("loss (weighted)" + (", log scale" if drawn else ""))
     if title:
-        axes.set_title(title, fontsize=11)
+        axes.set_title(title, fontsize=11, y=1.0)  # a fixed place: no search for one above the ticks
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(loc="upper right", fontsize=9)
     return figure
