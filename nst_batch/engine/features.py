@@ -6,7 +6,7 @@ A :class:`Network` is loaded once (see ``weights.py``) and shared; each run buil
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from .layers import HALVING, LAYERS
 
 _VGG_CFG = {"vgg16": "D", "vgg19": "E"}
+PROBE_SIDE = 64  # of the image that measures a network's feature scale; every backbone keeps 2 px at its deepest layer
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Network:
     backbone: str
     layers: dict[str, nn.Module]
     normalization: Normalization
+    scales: dict[tuple, float] = field(default_factory=dict, repr=False)  # FeatureExtractor.feature_scale's
 
     def to(self, device: torch.device) -> "Network":
         for module in self.layers.values():
@@ -114,6 +116,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"{network.backbone} has no layers {sorted(unknown)}")
         deepest = max(names.index(name) for name in wanted)
         self.wanted = frozenset(wanted)
+        self.network, self.pooling = network, pooling
         self.normalize = Normalize(network.normalization).to(network.device)
         self.names = names[: deepest + 1]
         # the smallest side that still leaves one pixel at the deepest layer
@@ -132,6 +135,19 @@ class FeatureExtractor(nn.Module):
         if isinstance(module, nn.MaxPool2d) and pooling == "avg":
             return nn.AvgPool2d(module.kernel_size, module.stride, module.padding)
         return module
+
+    def feature_scale(self, layer: str) -> float:
+        """The network's unit of feature size: the mean square of ``layer``'s features for a fixed
+        probe image (uniform noise, PROBE_SIDE px, seed 0). A network whose features are k times
+        larger has a unit k^2 times larger; computed once per network, layer and pooling."""
+        key = (layer, self.pooling)
+        if key not in self.network.scales:
+            dtype = next(self.body.parameters()).dtype
+            probe = torch.rand((1, 3, PROBE_SIDE, PROBE_SIDE), generator=torch.Generator().manual_seed(0), dtype=dtype)
+            with torch.no_grad():
+                features = self(probe.to(self.normalize.offset.device))[layer]
+            self.network.scales[key] = features.double().pow(2).mean().item() or 1.0
+        return self.network.scales[key]
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         features = {}

@@ -16,6 +16,18 @@ Backbone = Literal["vgg19", "vgg16", "resnet18"]
 assert set(BACKBONES) == set(Backbone.__args__)  # type: ignore[attr-defined]
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+STYLE_WEIGHT_NETWORK = 1600.0
+LBFGS_MAX_STEP = 0.1
+
+LossNormalization = Literal["none", "network"]
+# (content_weight, style_weight) when unset. With "none" they are neural-style's and PyTorch's
+# tutorial's; with "network" the terms are in units of the network's feature scale and the
+# weights were chosen with benchmarks/quality.py (docs/benchmarks.md, "Quality").
+DEFAULT_WEIGHTS: dict[str, tuple[float, float]] = {"none": (1.0, 1e6), "network": (1.0, STYLE_WEIGHT_NETWORK)}
+
+# What a recorded parameter set meant by a field it predates: the engine's behaviour before the
+# field existed. A run queued or checkpointed by an older nst-batch keeps its meaning.
+BEFORE_FIELDS: dict[str, Any] = {"loss_normalization": "none", "lbfgs_max_step": 0.0}
 
 
 def _split_list(value: Any) -> Any:
@@ -36,9 +48,19 @@ class StyleParams(BaseModel):
     pooling: Literal["max", "avg"] = Field("max", description="pooling layers: max | avg (smoother gradients)")
     image_size: int = Field(512, ge=16, le=16384, description="long side of the output in pixels; aspect is kept")
     style_scale: float = Field(1.0, gt=0, le=8, description="style images are resized to image_size x style_scale")
-    content_weight: float = Field(1.0, ge=0, description="weight of the content loss (alpha)")
-    style_weight: float = Field(1e6, ge=0, description="weight of the style loss (beta)")
+    loss_normalization: LossNormalization = Field(
+        "network",
+        description="network: the terms in units of the network's feature scale, so weights mean the same on "
+        "every network | none: the raw terms of neural-style (content_weight 1, style_weight 1e6)",
+    )
+    content_weight: float | None = Field(None, ge=0, description="weight of the content loss (alpha); default 1")
+    style_weight: float | None = Field(
+        None, ge=0, description=f"weight of the style loss (beta); default {STYLE_WEIGHT_NETWORK:g}, or 1e6 with loss_normalization: none"
+    )
     tv_weight: float = Field(0.0, ge=0, description="weight of the total-variation (smoothness) loss")
+    style_loss: Literal["gram", "wasserstein"] = Field(
+        "gram", description="gram: Gatys' Gram matrices | wasserstein: means and covariances (crowsonkb's W2)"
+    )
     content_layers: tuple[str, ...] | None = Field(
         None, min_length=1, description="layers whose features the result must match; default relu4_2 (VGG)"
     )
@@ -54,6 +76,12 @@ class StyleParams(BaseModel):
     optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="lbfgs | adam")
     lr: float | None = Field(None, gt=0, description="step size; default 1.0 for lbfgs, 0.02 for adam")
     lbfgs_history: int = Field(100, ge=1, le=1000, description="L-BFGS history size (memory grows with it)")
+    lbfgs_max_step: float = Field(
+        LBFGS_MAX_STEP, ge=0, le=1, description="largest change of any pixel (0-1) in one L-BFGS step; 0 = unbounded"
+    )
+    ema: float = Field(
+        0.0, ge=0, lt=1, description="keep an average of the iterates with this decay, e.g. 0.99, as each scale's image; 0 = off"
+    )
     iterations: int = Field(300, ge=1, le=100_000, description="iterations at each scale")
     early_stop_tol: float = Field(
         1e-3, ge=0, lt=1, description="stop a scale when the loss improved less than this fraction over the window; 0 = off"
@@ -113,6 +141,16 @@ class StyleParams(BaseModel):
         return dict(zip(self.style_layer_names, weights))
 
     @property
+    def alpha(self) -> float:
+        """The content weight, its default resolved."""
+        return self.content_weight if self.content_weight is not None else DEFAULT_WEIGHTS[self.loss_normalization][0]
+
+    @property
+    def beta(self) -> float:
+        """The style weight, its default resolved."""
+        return self.style_weight if self.style_weight is not None else DEFAULT_WEIGHTS[self.loss_normalization][1]
+
+    @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
@@ -141,5 +179,27 @@ class StyleParams(BaseModel):
             **self.model_dump(),
             "content_layers": list(self.content_layer_names),
             "style_layers": list(self.style_layer_names),
+            "content_weight": self.alpha,
+            "style_weight": self.beta,
             "lr": self.learning_rate,
         }
+
+    def weights_hint(self) -> str | None:
+        """A warning for weights on neural-style's scale given with this normalization."""
+        if self.loss_normalization == "network" and self.style_weight is not None and self.style_weight >= 1e5:
+            return (
+                f"style_weight {self.style_weight:g} is on neural-style's scale, but loss_normalization is network "
+                f"(default style_weight {STYLE_WEIGHT_NETWORK:g}): set loss_normalization: none to use neural-style's weights"
+            )
+        return None
+
+    def stored(self) -> dict[str, Any]:
+        """What a queue or a checkpoint records: the fields set, and every field of BEFORE_FIELDS,
+        so that reading it back (``from_stored``) gives these parameters whatever defaults change."""
+        return {**self.model_dump(mode="json", include=set(BEFORE_FIELDS)), **self.model_dump(mode="json", exclude_unset=True)}
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> "StyleParams":
+        """Parameters that ``stored()`` recorded, by this or an older nst-batch: a field the record
+        lacks means what the engine did before that field existed (BEFORE_FIELDS)."""
+        return cls.model_validate({**BEFORE_FIELDS, **data})
