@@ -37,6 +37,7 @@ FP32_ADAM_LOSS_RTOL, FP32_ADAM_PIXEL_ATOL = 1e-4, 1e-4
 def network(vgg19_random) -> Network:
     """The random VGG-19 in float64 (a copy: the session's network stays fp32)."""
     double = copy.deepcopy(vgg19_random)
+    double.scales.clear()
     for layer in double.layers.values():
         layer.to(torch.float64)
     return double
@@ -152,7 +153,7 @@ def test_a_member_whose_callback_stops_it_can_resume_alone_to_the_same_result(ne
 
 def test_a_diverging_member_fails_alone(network, images):
     members = _members(images, "adam")
-    blows_up = Member(images.gradient, [images.noise], _params(optimizer="adam", lr=1e200))
+    blows_up = Member(images.gradient, [images.noise], _params(optimizer="adam", lr=1e200, iterations=12))
     outcomes = stylize_batch(network, [members[0], blows_up, members[2]])
     assert isinstance(outcomes[1], DivergedError)
     _assert_same(outcomes[0], _alone(network, members[0]))

@@ -229,7 +229,7 @@ def test_resume_is_exact_while_no_pixel_has_left_0_1(vgg19_random, tiny_images, 
     """Mid-grey content keeps every pixel inside [0, 1] for these few steps, so this test holds
     even with the clamping bug below; it fails when the optimizer's memory is not restored."""
     content, style = 0.4 + 0.2 * tiny_images.gradient, [tiny_images.noise]
-    params = _params(optimizer=optimizer, iterations=6)
+    params = _params(optimizer=optimizer, iterations=6, loss_normalization="none")  # gentle on these weights
     whole = stylize(vgg19_random, content, style, params)
     assert 0 < whole.image.min() and whole.image.max() < 1
     _, rest = _interrupted_and_resumed(vgg19_random, content, style, params, stop_at=3)
@@ -304,12 +304,11 @@ def test_no_style_image_is_refused(vgg19_random, tiny_images):
 
 def test_a_loss_that_blows_up_raises_diverged_error(vgg19_random, tiny_images):
     seen = []
-    params = _params(optimizer="adam", lr=1e30, iterations=5)
+    params = _params(optimizer="adam", lr=1e30, iterations=12)
     with pytest.raises(DivergedError, match="lower lr") as error:
         stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], params, callback=seen.append)
-    assert "optimizer: lbfgs" in str(error.value)
-    assert len(seen) < 5  # it stopped at the first non-finite loss, which no callback saw
-    assert all(torch.isfinite(torch.tensor(p.losses.total)) for p in seen)
+    assert "optimizer: lbfgs" in str(error.value) and "after 3 repairs" in str(error.value)
+    assert len(seen) < 12  # it ended at the blow-up that came after its last repair
 
 
 @pytest.mark.parametrize("wide_one", ["content", "style"])

@@ -24,8 +24,8 @@ import torch
 from ..errors import DivergedError, InputError
 from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
-from .losses import ContentLoss, StyleLoss, StyleTransferLoss
-from .params import StyleParams
+from .losses import ContentLoss, StyleLoss, StyleTransferLoss, WassersteinStyleLoss
+from .params import DEFAULT_LR, StyleParams
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,26 @@ class EarlyStop:
         )
 
 
+@dataclass(frozen=True)
+class Repair:
+    """A scale that went wrong and was started again from its best image so far: the loss blew
+    up (``cause`` "blow-up", or "non-finite"), or the optimizer stopped moving the image while
+    its gradient was not zero ("stall", jcjohnson/neural-style #89)."""
+
+    iteration: int
+    scale: int
+    cause: str
+    restart_from: int  # the iteration whose image it went on from
+    optimizer: str
+    lr: float
+
+    def describe(self) -> str:
+        return (
+            f"repair at iteration {self.iteration} (scale {self.scale + 1}): {self.cause}; went on from the image of "
+            f"iteration {self.restart_from} with {self.optimizer}, lr {self.lr:g}, and a fresh optimizer state"
+        )
+
+
 @dataclass
 class RunState:
     """All a run needs to continue where it stopped: give it back as ``stylize(resume=...)``.
@@ -73,6 +93,9 @@ class RunState:
     scale_starts: list[int] = field(default_factory=list)
     early_stops: list[EarlyStop] = field(default_factory=list)
     elapsed_s: float = 0.0
+    repairs: list[Repair] = field(default_factory=list)
+    best_image: torch.Tensor | None = None  # of the scale in progress: where a repair goes on from
+    average: torch.Tensor | None = None  # of the scale in progress, with params.ema
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,14 +103,21 @@ class RunState:
             "scale_starts": list(self.scale_starts),
             "history": [tuple(vars(r).values()) for r in self.history],
             "early_stops": [vars(e) for e in self.early_stops],
+            "repairs": [vars(r) for r in self.repairs],
+            "best_image": self.best_image,
+            "average": self.average,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        """A state from ``to_dict``, of this or an older nst-batch (which kept no repairs)."""
         return cls(
             **{k: data[k] for k in ("seed", "scale", "iteration", "image", "optimizer", "elapsed_s", "scale_starts")},
             history=[LossRecord(*row) for row in data["history"]],
             early_stops=[EarlyStop(**e) for e in data["early_stops"]],
+            repairs=[Repair(**r) for r in data.get("repairs", [])],
+            best_image=data.get("best_image"),
+            average=data.get("average"),
         )
 
 
@@ -111,6 +141,7 @@ class Result:
     scale_starts: list[int]  # first iteration of each scale
     early_stops: list[EarlyStop]
     seed: int
+    repairs: list[Repair] = field(default_factory=list)
     interrupted: bool = False
     state: RunState | None = None  # set when interrupted
 
@@ -235,7 +266,8 @@ class _Transfer:
         else:
             image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
             self.state = replace(
-                self.state, scale=scale, optimizer={}, scale_starts=[*self.state.scale_starts, self.state.iteration]
+                self.state, scale=scale, optimizer={}, best_image=None, average=None,
+                scale_starts=[*self.state.scale_starts, self.state.iteration],
             )
         self.resuming = False
         loss_fn = _loss(self.extractor, content, self.member.styles, self.params, self.blend, sizes[scale])
@@ -250,7 +282,7 @@ class _Transfer:
         elif run.stopped:
             self.state, self.interrupted = run.stop_state, True
         else:  # the next scale starts a fresh optimizer: copying this one's state would be wasted
-            self.state = run.snapshot(with_optimizer=False)
+            self.state = run.snapshot(with_optimizer=False, final=True)
 
     def outcome(self) -> Result | Exception:
         if self.error is None:
@@ -334,18 +366,45 @@ def _loss(
         if params.preserve_colors:
             style_images = [luminance(s) for s in style_images]
         style_features = [extractor(s) for s in style_images]
+    # Features k times larger make the content term k^2 and the style term k^4 times larger.
+    unit = extractor.feature_scale(params.content_layer_names[0]) if params.loss_normalization == "network" else 1.0
     return StyleTransferLoss(
-        content={name: ContentLoss(content_features[name]) for name in params.content_layer_names},
-        style={name: StyleLoss.blended([f[name] for f in style_features], blend) for name in params.style_layer_names},
+        content={name: ContentLoss(content_features[name], 1 / unit) for name in params.content_layer_names},
+        style={name: _style_loss(params, [f[name] for f in style_features], blend, unit) for name in params.style_layer_names},
         layer_weights=params.layer_weights,
-        content_weight=params.content_weight,
-        style_weight=params.style_weight,
+        content_weight=params.alpha,
+        style_weight=params.beta,
         tv_weight=params.tv_weight,
     )
 
 
+# A step blew up when the loss it led to is this many times the best of its scale so far. Measured
+# on real features (benchmarks/quality.py): legitimate runs never rose above 1.x their best, the
+# blow-ups of unbounded L-BFGS on Caffe-layout features rose by 10^20.
+BLOWUP_FACTOR = 100.0
+# The optimizer stalled when this many steps in a row moved no pixel while the gradient was not
+# zero: L-BFGS then repeats the same non-descent direction for ever (jcjohnson/neural-style #89).
+STALL_STEPS = 3
+# ...below this largest gradient entry L-BFGS stops stepping by design (torch's tolerance_grad):
+# that is convergence, not a stall.
+CONVERGED_GRADIENT = 1e-7
+MAX_REPAIRS = 3  # per scale: lr / 10, lr / 100, then Adam; one more blow-up or stall is an error
+
+
+def _style_loss(params: StyleParams, features: list[torch.Tensor], blend: Sequence[float], unit: float):
+    """The Gram matrix grows with the features squared, the Wasserstein distance as a content term does."""
+    if params.style_loss == "wasserstein":
+        return WassersteinStyleLoss.blended(features, blend, 1 / unit)
+    return StyleLoss.blended(features, blend, 1 / unit**2)
+
+
 class _ScaleRun:
-    """One member's optimizer at one scale: it is handed its loss, steps, records and reports."""
+    """One member's optimizer at one scale: it is handed its loss, steps, records and reports.
+
+    It also keeps the scale honest: an L-BFGS step is cut to ``lbfgs_max_step``, and a blow-up or
+    a stall goes back to the best image so far with a smaller step and a fresh optimizer state
+    (a :class:`Repair`), instead of ending as a picture nobody wanted.
+    """
 
     def __init__(
         self, loss_fn: StyleTransferLoss, image: torch.Tensor, params: StyleParams, state: RunState, started: float,
@@ -356,12 +415,15 @@ class _ScaleRun:
         # Callers may pass any layout (a decoded image is often a transposed view); L-BFGS
         # flattens the parameter with .view(), which needs contiguous memory.
         self.image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-        self.optimizer = _optimizer(params, self.image)
+        self.repairs = list(state.repairs)
+        here = self._repairs_here()
+        self.optimizer_name, self.lr = (here[-1].optimizer, here[-1].lr) if here else (params.optimizer, params.learning_rate)
+        self.optimizer = _optimizer(self.optimizer_name, self.lr, params.lbfgs_history, self.image)
         if state.optimizer:
             saved = "lbfgs" if "history_size" in state.optimizer["param_groups"][0] else "adam"
-            if saved != params.optimizer:
+            if saved != self.optimizer_name:
                 raise ValueError(
-                    f"the resume state was saved by {saved}, not {params.optimizer}: "
+                    f"the resume state was saved by {saved}, not {self.optimizer_name}: "
                     "resume with the parameters it was saved with"
                 )
             self.optimizer.load_state_dict(state.optimizer)
@@ -369,10 +431,23 @@ class _ScaleRun:
         self.early_stops = list(state.early_stops)
         self.iteration = state.iteration
         self.scale_start = state.scale_starts[-1]
-        self.best = list(accumulate((r.total for r in self.history[self.scale_start :]), min))
+        # Early stop looks at the iterations since the scale began or was last repaired.
+        attempt_start = here[-1].iteration if here else self.scale_start
+        self.best = list(accumulate((r.total for r in self.history[attempt_start:]), min))
+        finite = [r for r in self.history[self.scale_start :] if math.isfinite(r.total)]
+        best = min(finite, key=lambda r: r.total, default=None)
+        self.best_total = best.total if best else None
+        self.best_iteration = best.iteration if best else self.iteration
+        self.best_image = state.best_image.to(self.image.device) if state.best_image is not None else None
+        self.average = state.average.to(self.image.device) if state.average is not None else None
+        self._before = torch.empty_like(self.image, requires_grad=False)
+        self.still = 0  # steps in a row that moved no pixel
         self.stopped = False  # by the callback...
         self.stop_state: RunState | None = None  # ...which leaves the state to resume from
         self.error: Exception | None = None
+
+    def _repairs_here(self) -> list[Repair]:
+        return [r for r in self.repairs if r.scale == self.state.scale]
 
     def ended(self) -> bool:
         """Stopped, failed, out of iterations, or stopped early (an early stop ends its scale)."""
@@ -393,21 +468,28 @@ class _ScaleRun:
             self._advance(total)
 
     def _advance(self, total: torch.Tensor) -> None:
-        self.optimizer.step(_evaluated(total))
         self.iteration += 1
         record = LossRecord(self.iteration, *self.terms.tolist(), time.perf_counter() - self.started)
+        self.history.append(record)  # the loss of the image just evaluated, before this step
         if not math.isfinite(record.total):
-            self.error = DivergedError(
-                f"the loss became {record.total} at iteration {self.iteration}: lower lr or the loss weights"
-                + (" (or use optimizer: lbfgs)" if self.params.optimizer == "adam" else "")
-            )
-            return
-        self.history.append(record)
-        self.best.append(min(self.best[-1], record.total) if self.best else record.total)
-        early_stop = self._early_stop()
-        if early_stop:  # recorded before the callback, so a snapshot taken there knows it
-            self.early_stops.append(early_stop)
-        if self.callback is not None:
+            self._repair("non-finite loss", record)
+        elif self.best_total is not None and record.total > BLOWUP_FACTOR * self.best_total:
+            self._repair(f"blow-up: the loss rose to {record.total:.3g}, {record.total / self.best_total:.3g}x its best", record)
+        else:
+            if self.best_total is None or record.total < self.best_total:
+                self.best_total, self.best_iteration = record.total, self.iteration
+                self.best_image = _copy_into(self.best_image, self.image)
+            self.still = 0 if self._step(total) else self.still + 1
+            if self.params.ema:
+                self._average()
+            self.best.append(min(self.best[-1], record.total) if self.best else record.total)
+            if self.still >= STALL_STEPS and self.image.grad.abs().max().item() > CONVERGED_GRADIENT:
+                self._repair(f"stall: {self.still} steps moved no pixel, far from converged", record)
+            else:
+                early_stop = self._early_stop()
+                if early_stop:  # recorded before the callback, so a snapshot taken there knows it
+                    self.early_stops.append(early_stop)
+        if self.error is None and self.callback is not None:
             every = self.params.frame_every
             frame = self._picture() if every and self.iteration % every == 0 else None
             total_iterations = self.params.iterations * self.scales
@@ -417,6 +499,54 @@ class _ScaleRun:
             if self.callback(progress):
                 self.stopped = True
                 self.stop_state = self.snapshot()  # now: the clock must not run on while others finish
+
+    def _step(self, total: torch.Tensor) -> bool:
+        """One optimizer step; whether it moved the image. An L-BFGS step that would change a
+        pixel by more than ``lbfgs_max_step`` is shortened, and its step length with it, so the
+        curvature pair L-BFGS records next is the step really taken."""
+        before = self._before.copy_(self.image.detach())
+        self.optimizer.step(_evaluated(total))
+        with torch.no_grad():
+            moved = self.image - before
+            largest = moved.abs().max().item()
+            bound = self.params.lbfgs_max_step
+            if self.optimizer_name == "lbfgs" and bound and largest > bound:
+                factor = bound / largest
+                self.image.copy_(before.add_(moved, alpha=factor))
+                state = self.optimizer.state[self.image]
+                state["t"] = state["t"] * factor
+        return largest > 0
+
+    def _average(self) -> None:
+        """The iterates' exponential moving average (Adam's iterates jitter around where they go)."""
+        with torch.no_grad():
+            if self.average is None:
+                self.average = self.image.detach().clone()
+            else:
+                self.average.lerp_(self.image, 1 - self.params.ema)
+
+    def _repair(self, cause: str, record: LossRecord) -> None:
+        """Go on from the best image of the scale with a tenth of the step (Adam at the last
+        repair), and a fresh optimizer; after MAX_REPAIRS the member ends with the reason."""
+        here = self._repairs_here()
+        if len(here) >= MAX_REPAIRS or self.best_image is None:
+            tried = f" after {len(here)} repairs" if here else ""
+            self.error = DivergedError(
+                f"{cause} at iteration {self.iteration}{tried}: lower lr or the loss weights"
+                + (" (or use optimizer: lbfgs)" if self.params.optimizer == "adam" else "")
+            )
+            return
+        if len(here) + 1 == MAX_REPAIRS and self.optimizer_name == "lbfgs":
+            name, lr = "adam", DEFAULT_LR["adam"]
+        else:
+            name, lr = self.optimizer_name, self.lr / 10
+        with torch.no_grad():
+            self.image.copy_(self.best_image)
+        self.optimizer_name, self.lr = name, lr
+        self.optimizer = _optimizer(name, lr, self.params.lbfgs_history, self.image)
+        self.repairs.append(Repair(self.iteration, self.state.scale, cause, self.best_iteration, name, lr))
+        self.best, self.still = [], 0
+        self.average = None  # it took in the step that went wrong
 
     def _early_stop(self) -> EarlyStop | None:
         window, tol = self.params.early_stop_window, self.params.early_stop_tol
@@ -431,16 +561,28 @@ class _ScaleRun:
     def _picture(self) -> torch.Tensor:
         return self.image.detach().clamp(0, 1).cpu()
 
-    def snapshot(self, with_optimizer: bool = True) -> RunState:
+    def snapshot(self, with_optimizer: bool = True, final: bool = False) -> RunState:
+        """The state to resume from; ``final``: the scale's result, which with ema is the average."""
+        image = self.average if final and self.average is not None else self.image
         return replace(
             self.state,
             iteration=self.iteration,
-            image=self.image.detach().cpu().clone(),  # unclamped: a resumed run continues exactly
+            image=image.detach().cpu().clone(),  # unclamped: a resumed run continues exactly
+            average=self.average.cpu().clone() if with_optimizer and self.average is not None else None,
             optimizer=_to_cpu(self.optimizer.state_dict()) if with_optimizer else {},
             history=list(self.history),
             early_stops=list(self.early_stops),
+            repairs=list(self.repairs),
+            best_image=self.best_image.cpu().clone() if with_optimizer and self.best_image is not None else None,
             elapsed_s=time.perf_counter() - self.started,
         )
+
+
+def _copy_into(buffer: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
+    """``image``'s values, in ``buffer`` when there is one (no allocation per iteration)."""
+    if buffer is None:
+        return image.detach().clone()
+    return buffer.copy_(image.detach())
 
 
 def _evaluated(total: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -459,11 +601,11 @@ def _evaluated(total: torch.Tensor) -> Callable[[], torch.Tensor]:
     return closure
 
 
-def _optimizer(params: StyleParams, image: torch.Tensor) -> torch.optim.Optimizer:
-    if params.optimizer == "adam":
-        return torch.optim.Adam([image], lr=params.learning_rate)
+def _optimizer(name: str, lr: float, lbfgs_history: int, image: torch.Tensor) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam([image], lr=lr)
     # One closure evaluation per step, so one iteration costs one forward and backward pass.
-    return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history)
+    return torch.optim.LBFGS([image], lr=lr, max_iter=1, history_size=lbfgs_history)
 
 
 def _to_cpu(value: Any) -> Any:
@@ -486,6 +628,7 @@ def _result(state: RunState, content: torch.Tensor, params: StyleParams, interru
         scale_starts=state.scale_starts,
         early_stops=state.early_stops,
         seed=state.seed,
+        repairs=state.repairs,
         interrupted=interrupted,
         state=state if interrupted else None,
     )
