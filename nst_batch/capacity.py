@@ -62,16 +62,16 @@ class Capacity:
         return self._models[backbone]
 
     def need(self, store: Store, run: RunRecord) -> int:
-        params = StyleParams.model_validate(run.params)
+        params = run.params
         return self.model(store, params.backbone).peak(run_need(params, run.content_size, len(run.styles)))
 
     def shared_bytes(self, store: Store, run: RunRecord) -> int:
         """The part of the run's need that a batch pays once: the model's constant."""
-        return self.model(store, StyleParams.model_validate(run.params).backbone).shared_bytes()
+        return self.model(store, run.params.backbone).shared_bytes()
 
     def fit_alone(self, store: Store, run: RunRecord) -> Fit:
         """The run as it is if it fits the budget alone, else changed by the too_big policy, or refused."""
-        params = StyleParams.model_validate(run.params)
+        params = run.params
         model = self.model(store, params.backbone)
         return make_fit(params, run.content_size, len(run.styles), model, self.budget, self.config.scheduler.too_big)
 
@@ -85,7 +85,7 @@ class Capacity:
         """
         if not fp32:
             return
-        params = StyleParams.model_validate(run.params)
+        params = run.params
         need = measured_need(params, run.content_size, len(run.styles), max(1, last_scale))
         store.add_sample(self.device_key, params.backbone, Sample(need, peak_bytes, seconds / max(1, iterations)), "run")
         self._models.pop(params.backbone, None)

@@ -8,13 +8,14 @@ fast GPU takes longer to write than many iterations take to compute, so checkpoi
 often than ``checkpoint_every`` when they would cost more than CHECKPOINT_SHARE of the time.
 """
 
+import json
 from pathlib import Path
 
 import torch
 from loguru import logger
 
 from .atomicio import atomic_path
-from .engine import RunState
+from .engine import RunState, StyleParams
 
 CHECKPOINT_SHARE = 0.05  # of the time since a batch started, at most, spent saving its checkpoints
 
@@ -37,31 +38,32 @@ def frame_pictures(frames: list[torch.Tensor]) -> list[torch.Tensor]:
     return [frame.float() / 255 for frame in frames]
 
 
-def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], params: str, log=logger) -> bool:
+def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], params: StyleParams, log=logger) -> bool:
     """Save, or warn and go on: a full state disk must not end the run, and the previous
     checkpoint, replaced atomically, stays valid. Every failure is caught because torch reports
-    a failed write without its errno. ``params``: the run's parameters as JSON, which the state
-    belongs to."""
+    a failed write without its errno. ``params``: the run's, which the state belongs to."""
     try:
         with atomic_path(path) as temp:
-            torch.save({"run": state.to_dict(), "frames": frames, "params": params}, temp)
+            torch.save({"run": state.to_dict(), "frames": frames, "params": json.dumps(params.stored())}, temp)
         return True
     except Exception as error:
         log.warning(f"checkpoint {path.name} not saved ({error}); the run goes on")
         return False
 
 
-def load_checkpoint(path: Path, params: str) -> tuple[RunState | None, list[torch.Tensor]]:
+def load_checkpoint(path: Path, params: StyleParams) -> tuple[RunState | None, list[torch.Tensor]]:
     """The run's state and its progress frames so far, or (None, []) to start afresh: when there
     is none, when it is damaged, or when it was saved with other ``params`` (the too_big policy
-    changed them since), whose state would not fit the run now."""
+    changed them since), whose state would not fit the run now. Parameters are compared as
+    parameters, not as text: a checkpoint of an older nst-batch, whose record lacks a newer
+    field, is of the same run."""
     if not path.exists():
         return None, []
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if "run" not in data:  # saved before checkpoints kept the frames: the GIF starts at the resume
             return RunState.from_dict(data), []
-        if data.get("params") != params:
+        if _saved_params(data.get("params")) != params.explicit():
             logger.info(f"checkpoint {path.name} was saved with other parameters; starting the run again")
             path.unlink(missing_ok=True)
             return None, []
@@ -70,3 +72,9 @@ def load_checkpoint(path: Path, params: str) -> tuple[RunState | None, list[torc
         logger.warning(f"checkpoint {path.name} unreadable ({error}); starting the run again")
         path.unlink(missing_ok=True)
         return None, []
+
+
+def _saved_params(saved: str | None) -> dict | None:
+    """The parameters a checkpoint was saved with, every default resolved as it was then (an older
+    nst-batch saved every field, a default as its value)."""
+    return None if saved is None else StyleParams.from_stored(json.loads(saved)).explicit()

@@ -68,7 +68,7 @@ def queue(config: Config) -> Estimate:
     peak = seconds = 0.0
     calibrated = True
     for run in runs:
-        params = StyleParams.model_validate(run.params)
+        params = run.params
         model, known = _model(config, key, params.backbone)
         calibrated &= known
         peak = max(peak, model.peak(run_need(params, run.content_size, len(run.styles))))

@@ -295,6 +295,8 @@ def _card(job: Job, eager: bool) -> str:
             notes.append(f'<li class="bad">{_esc(label)}{_esc(r.get("error") or "failed")}</li>')
         if r.get("warning"):
             notes.append(f'<li class="warn">{_esc(label)}{_esc(r["warning"])}</li>')
+        for repair in r.get("repairs") or []:
+            notes.append(f'<li class="warn">{_esc(label)}{_esc(repair)}</li>')
         for stop in r.get("early_stop") or []:
             notes.append(f"<li>{_esc(label)}{_esc(stop)}</li>")
     if notes:

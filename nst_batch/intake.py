@@ -143,7 +143,7 @@ class Intake:
                 label=_label(job.name, content, group, varying, len(contents), len(style_groups), len(combinations)),
                 content=content,
                 styles=group,
-                params=_stored_params(params, sidecar),
+                params=_with_gif(params, sidecar),
                 varying=varying,
                 content_size=sizes[content],
             )
@@ -151,6 +151,9 @@ class Intake:
         ]
         for group, (_, params) in itertools.product(style_groups, combinations):
             params.blend_weights(len(group))
+        for hint in dict.fromkeys(params.weights_hint() for _, params in combinations):
+            if hint:
+                logger.bind(job=job.label).warning(f"{job.name}: {hint}")
         for _, params in combinations:
             if params.init not in ("content", "noise"):
                 if "/" in params.init or "\\" in params.init:
@@ -236,11 +239,10 @@ def _read_refs(file: Path) -> SidecarRefs:
     )
 
 
-def _stored_params(params: StyleParams, sidecar: Sidecar | None) -> dict[str, Any]:
-    stored = params.model_dump(mode="json", exclude_unset=True)
+def _with_gif(params: StyleParams, sidecar: Sidecar | None) -> StyleParams:
     if sidecar is not None and sidecar.gif:
-        stored["frame_every"] = gif_frame_every(params)
-    return stored
+        return params.with_overrides({"frame_every": gif_frame_every(params)})
+    return params
 
 
 def _label(name: str, content: str, styles: tuple[str, ...], varying: dict, n_contents: int, n_styles: int, n_combos: int) -> str:

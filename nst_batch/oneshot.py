@@ -54,6 +54,8 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     styles = [read_image(path, job.max_pixels) for path in job.styles]
     init = None if job.params.init in ("content", "noise") else read_image(Path(job.params.init), job.max_pixels)
     params = job.params
+    if params.weights_hint():
+        logger.warning(params.weights_hint())
     if job.gif is not None:
         params = params.with_overrides({"frame_every": gif_frame_every(params)})
     device = resolve_device(job.device)

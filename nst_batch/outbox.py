@@ -20,7 +20,8 @@ from .engine import LossRecord, Result, StyleParams, WeightsInfo
 from .engine.images import resize_long_side
 from .imagefile import write_image
 
-LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "elapsed_s")
+# ``note``: what happened at that iteration besides a step (a repair, an early stop); mostly empty.
+LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "elapsed_s", "note")
 GIF_FRAMES = 50  # about this many frames in a progress GIF, whatever the iteration count
 
 
@@ -29,19 +30,27 @@ def gif_frame_every(params: StyleParams) -> int:
     return params.frame_every or max(1, params.iterations * params.scales // GIF_FRAMES)
 
 
-def loss_log_text(history: Sequence[LossRecord]) -> str:
+def loss_log_text(history: Sequence[LossRecord], notes: Mapping[int, str] = {}) -> str:
+    """The loss log as CSV; ``notes``: text for the ``note`` column, by iteration."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(LOSS_COLUMNS)
     for record in history:
-        writer.writerow(
-            [record.iteration, *(f"{getattr(record, c):.6g}" for c in LOSS_COLUMNS[1:-1]), f"{record.elapsed_s:.3f}"]
-        )
+        losses = (f"{getattr(record, c):.6g}" for c in ("content", "style", "tv", "total"))
+        writer.writerow([record.iteration, *losses, f"{record.elapsed_s:.3f}", notes.get(record.iteration, "")])
     return out.getvalue()
 
 
-def write_loss_log(path: Path, history: Sequence[LossRecord]) -> None:
-    atomic_write(path, loss_log_text(history))
+def result_notes(result: Result) -> dict[int, str]:
+    """The repairs and early stops of a result, by the iteration they happened at."""
+    notes: dict[int, list[str]] = {}
+    for event in (*result.repairs, *result.early_stops):
+        notes.setdefault(event.iteration, []).append(event.describe())
+    return {iteration: "; ".join(texts) for iteration, texts in notes.items()}
+
+
+def write_loss_log(path: Path, history: Sequence[LossRecord], notes: Mapping[int, str] = {}) -> None:
+    atomic_write(path, loss_log_text(history, notes))
 
 
 def write_result(
@@ -57,9 +66,11 @@ def write_result(
     """The image with its settings embedded, the loss log and, when frames were kept, the GIF."""
     if result.early_stops:
         extra = {**extra, "early_stop": [stop.describe() for stop in result.early_stops]}
+    if result.repairs:
+        extra = {**extra, "repairs": [repair.describe() for repair in result.repairs]}
     write_image(result.image, image, result_metadata(params, weights, result.seed, extra))
     if losses is not None:
-        write_loss_log(losses, result.history)
+        write_loss_log(losses, result.history, result_notes(result))
     if gif is not None and frames:
         write_gif(gif, [*frames, result.image])
 

@@ -21,6 +21,7 @@ from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkp
 from .claims import Folders
 from .config import Config
 from . import tuning
+from .engine.checks import result_problem
 from .engine import (
     Member, Network, Progress, Result, Speed, StyleParams, WeightsInfo, batch_key, resolve_device, stylize_batch,
 )
@@ -37,12 +38,22 @@ PROGRESS_EVERY_S = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | stopped | failed | retry | out_of_memory | no_space
+    status: str  # done | stopped | failed | retry | out_of_memory | no_space | unusable
     error: str | None = None
     iterations: int = 0  # done by the end, all scales together
     last_scale_iterations: int = 0  # how deep the L-BFGS history got
     seconds: float = 0.0
     fp32: bool = True  # ran without reduced precision: its peak can teach the memory model
+
+
+def another_try(params: StyleParams, attempt: int) -> tuple[StyleParams, str]:
+    """Parameters for trying an unusable result again (pure): another seed first, then the other
+    optimizer; and what changed, for the run's warning."""
+    if attempt <= 1:
+        seed = (params.seed if params.seed is not None else 0) + 1
+        return params.with_overrides({"seed": seed}), f"seed {seed}"
+    other = "adam" if params.optimizer == "lbfgs" else "lbfgs"
+    return params.with_overrides({"optimizer": other, "lr": None}), f"optimizer {other}"
 
 
 class Runner:
@@ -79,7 +90,7 @@ class Runner:
         Equal iteration counts too, so that no run's result waits long for a longer one's."""
         if not all(run.content_size):
             return None
-        params = StyleParams.model_validate(run.params)
+        params = run.params
         width, height = run.content_size
         return (batch_key(params, (height, width)), self.speed(params), params.iterations)
 
@@ -103,7 +114,7 @@ class Runner:
         self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store, saving: "_SavingTime"
     ) -> "_Seat":
         """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
-        seat = _Seat(job, run, StyleParams.model_validate(run.params), logger.bind(job=job.label))
+        seat = _Seat(job, run, run.params, logger.bind(job=job.label))
         try:
             seat.content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
@@ -115,7 +126,7 @@ class Runner:
             seat.outcome = self._failure(seat, error)
             return seat
         checkpoint = self.folders.checkpoint(run.id)
-        resume, seat.frames = load_checkpoint(checkpoint, seat.params.model_dump_json())
+        resume, seat.frames = load_checkpoint(checkpoint, seat.params)
         if resume is not None:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
@@ -175,10 +186,16 @@ class Runner:
         run, params, log = seat.run, seat.params, seat.log
         if result.interrupted:
             checkpoint = self.folders.checkpoint(run.id)
-            saved = save_checkpoint(checkpoint, result.state, seat.frames, params.model_dump_json(), log)
+            saved = save_checkpoint(checkpoint, result.state, seat.frames, params, log)
             saved = "saved" if saved else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome("stopped")
+        for repair in result.repairs:
+            log.warning(f"{run.label}: {repair.describe()}")
+        problem = result_problem(result.image, seat.content, _start_image(seat), result.history[-1].iteration)
+        if problem is not None:
+            log.warning(f"{run.label}: {problem}")
+            return Outcome("unusable", problem)
         try:
             self._write(seat.job, run, params, seat.weights, result, seat.frames, seat.content, seat.member.styles)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
@@ -192,7 +209,7 @@ class Runner:
         self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
     ) -> Callable:
         run, frames, log = seat.run, seat.frames, seat.log
-        params = seat.params.model_dump_json()
+        params = seat.params
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
@@ -229,6 +246,7 @@ class Runner:
             "final_losses": vars(final),
             "scale_starts": result.scale_starts,
             "early_stop": [s.describe() for s in result.early_stops] or None,
+            "repairs": [r.describe() for r in result.repairs] or None,
             "weights": weights.describe(),
             "pretrained_weights": weights.pretrained,
             "precision": self.speed(params).autocast or "fp32",
@@ -272,6 +290,14 @@ class _SavingTime:
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
+
+
+def _start_image(seat: "_Seat") -> torch.Tensor | None:
+    """The image a run's optimization began from, as far as a result may resemble it."""
+    init = seat.params.init
+    if init == "noise":
+        return None
+    return seat.content if init == "content" else seat.member.init_image
 
 
 def _json(data) -> str:

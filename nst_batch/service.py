@@ -20,7 +20,7 @@ from .outbox import publish, versions
 from .plots import sweep_entries, write_sweep_sheet
 from . import gallery, tuning
 from .capacity import Capacity
-from .runner import Outcome, Runner
+from .runner import Outcome, Runner, another_try
 from .scheduler import Active, Candidate, admit
 from .store import ACTIVE, JobRecord, RunRecord, Store
 from .systemd import notify
@@ -243,7 +243,7 @@ class Service:
             self._finish_if_complete(run.job_id)
             return None
         if fit.warning is not None:
-            self.store.change_params(run.id, fit.params.model_dump(mode="json", exclude_unset=True), fit.warning)
+            self.store.change_params(run.id, fit.params, fit.warning)
             log.warning(f"{run.label}: {fit.warning}")
             return self.store.run(run.id)
         return run
@@ -275,6 +275,11 @@ class Service:
             retry = batched or run.attempts < self.config.max_attempts
             self.store.retry_alone(run.id, outcome.error, retry, refund_attempt=batched)
             log.warning(f"{run.label}: {outcome.error}" + ("; it will run again alone" if retry else ""))
+        elif outcome.status == "unusable" and run.attempts < self.config.max_attempts:
+            params, change = another_try(run.params, run.attempts)
+            self.store.change_params(run.id, params, f"{outcome.error}; tried again with {change}")
+            self.store.fail_run(run.id, outcome.error, retry=True)
+            log.warning(f"{run.label}: {outcome.error}; trying again with {change}")
         else:
             retry = outcome.status == "retry" and run.attempts < self.config.max_attempts
             self.store.fail_run(run.id, outcome.error, retry=retry)
@@ -373,7 +378,7 @@ class Service:
                     "varying": r.varying,
                     "attempts": r.attempts,
                     "warning": r.warning,
-                    "params": StyleParams.model_validate(r.params).explicit(),
+                    "params": r.params.explicit(),
                 }
                 for r in runs
             ],

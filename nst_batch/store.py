@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engine import StyleParams
 from .memory import Need, Sample
 
 _SCHEMA = """
@@ -108,7 +109,7 @@ class RunRecord:
     status: str
     content: str
     styles: tuple[str, ...]
-    params: dict[str, Any]
+    params: StyleParams  # validated once, here: a field an older record lacks keeps its old meaning
     varying: dict[str, Any]
     attempts: int
     iteration: int
@@ -137,7 +138,7 @@ class RunSpec:
     label: str
     content: str
     styles: tuple[str, ...]
-    params: dict[str, Any]
+    params: StyleParams
     varying: dict[str, Any]
     content_size: tuple[int, int] = (0, 0)  # (width, height) of the content image
 
@@ -153,7 +154,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
 def _run(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
     data["styles"] = tuple(json.loads(data["styles"]))
-    data["params"] = json.loads(data["params"])
+    data["params"] = StyleParams.from_stored(json.loads(data["params"]))
     data["varying"] = json.loads(data["varying"])
     data["alone"] = bool(data["alone"])
     return RunRecord(**data)
@@ -200,7 +201,7 @@ class Store:
                 "INSERT INTO runs (job_id, idx, label, status, content, styles, params, varying, content_width, "
                 "content_height) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params),
+                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params.stored()),
                      json.dumps(r.varying), *r.content_size)
                     for i, r in enumerate(runs)
                 ],
@@ -301,9 +302,9 @@ class Store:
             (error, run_id),
         )
 
-    def change_params(self, run_id: int, params: dict[str, Any], warning: str) -> None:
-        """The too_big policy's new parameters for a run, and the warning that says why."""
-        self.db.execute("UPDATE runs SET params=?, warning=? WHERE id=?", (json.dumps(params), warning, run_id))
+    def change_params(self, run_id: int, params: StyleParams, warning: str | None) -> None:
+        """New parameters for a run (the too_big policy's, a retry's), and the warning that says why."""
+        self.db.execute("UPDATE runs SET params=?, warning=? WHERE id=?", (json.dumps(params.stored()), warning, run_id))
 
     def retry_alone(self, run_id: int, error: str, retry: bool, refund_attempt: bool = False) -> None:
         """After running out of memory: queued again (if attempts remain) to run with nothing beside

@@ -12,7 +12,7 @@ from nst_batch.engine import StyleParams, stylize
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STOPPED = StyleParams(image_size=24, iterations=5, seed=3, frame_every=1)
-PARAMS = STOPPED.model_dump_json()
+PARAMS = STOPPED
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_checkpoint_saved_with_other_parameters_is_dropped(tmp_path, stopped):
     result, frames = stopped
     path = tmp_path / "run-1.pt"
     assert save_checkpoint(path, result.state, frames, PARAMS)
-    smaller = StyleParams(image_size=16, iterations=5, seed=3, frame_every=1).model_dump_json()
+    smaller = StyleParams(image_size=16, iterations=5, seed=3, frame_every=1)
     assert load_checkpoint(path, smaller) == (None, [])
     assert not path.exists()
 

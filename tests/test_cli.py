@@ -36,7 +36,7 @@ def test_run_writes_image_loss_log_and_gif(images, capsys):
     assert Image.open(out).size == (40, 20)  # long side 40, the content's 2:1 aspect kept
     with open(images / "out.losses.csv") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["iteration", "content", "style", "tv", "total", "elapsed_s"]
+    assert list(rows[0]) == ["iteration", "content", "style", "tv", "total", "elapsed_s", "note"]
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert all(abs(float(r["content"]) + float(r["style"]) + float(r["tv"]) - float(r["total"])) <= 1e-5 * float(r["total"]) + 1e-12 for r in rows)
     metadata = read_metadata(out)

@@ -16,7 +16,7 @@ from nst_batch.config import load_config
 
 pytestmark = pytest.mark.slow
 
-LOSS_HEADER = ["iteration", "content", "style", "tv", "total", "elapsed_s"]
+LOSS_HEADER = ["iteration", "content", "style", "tv", "total", "elapsed_s", "note"]
 
 
 def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
@@ -197,7 +197,7 @@ def test_sigterm_checkpoints_and_the_restart_resumes_and_finds_what_was_dropped_
     done = daemon.wait_published("long", "meanwhile", timeout=150)
     assert f"long: resuming from iteration {stopped_at}" in daemon.log()
     rows = assert_losses(daemon.outbox / "long" / "losses.csv", iterations)
-    elapsed = [float(row[-1]) for row in rows]
+    elapsed = [float(row[LOSS_HEADER.index("elapsed_s")]) for row in rows]
     assert elapsed == sorted(elapsed)  # the clock continued too
     with Image.open(daemon.outbox / "long" / "progress.gif") as gif:
         assert gif.n_frames >= iterations  # the frames from before the stop came back with the checkpoint

@@ -44,7 +44,7 @@ def claim_with_sidecar(intake, text):
 def test_init_names_a_style_library_file(intake):
     job = claim_with_sidecar(intake, "init: start.png\n")
     assert job.status == "queued"
-    assert intake.store.runs(job.id)[0].params["init"] == "start.png"
+    assert intake.store.runs(job.id)[0].params.init == "start.png"
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_claiming_never_lists_every_job(intake, monkeypatch):
 
 def test_a_gif_keeps_frames_at_the_rate_nst_batch_run_uses(intake):
     job = claim_with_sidecar(intake, "gif: true\niterations: 100\nscales: 2\n")
-    frame_every = intake.store.runs(job.id)[0].params["frame_every"]
+    frame_every = intake.store.runs(job.id)[0].params.frame_every
     assert frame_every == gif_frame_every(StyleParams(iterations=100, scales=2)) == 4  # 200 iterations, ~50 frames
 
 

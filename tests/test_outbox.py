@@ -38,7 +38,7 @@ def test_publish_never_overwrites_and_is_recognised_when_repeated(tmp_path):
 def test_loss_log_columns_and_rows():
     history = [LossRecord(1, 0.5, 2.0, 0.0, 2.5, 0.1234), LossRecord(2, 0.25, 1.0, 0.0, 1.25, 0.2)]
     lines = loss_log_text(history).splitlines()
-    assert lines == ["iteration,content,style,tv,total,elapsed_s", "1,0.5,2,0,2.5,0.123", "2,0.25,1,0,1.25,0.200"]
+    assert lines == ["iteration,content,style,tv,total,elapsed_s,note", "1,0.5,2,0,2.5,0.123,", "2,0.25,1,0,1.25,0.200,"]
 
 
 def test_gif_frames_of_growing_scales_share_the_last_size(tmp_path):

@@ -47,7 +47,7 @@ def queue_job(service: Service, name: str, size: tuple[int, int] = (40, 30), **o
     Image.linear_gradient("L").resize(size).convert("RGB").save(folder / f"{name}.content.png")
     style = Image.merge("RGB", [Image.radial_gradient("L").rotate(40 * i + len(name)) for i in range(3)])
     style.resize((24, 24)).save(folder / f"{name}.style.png")  # made, not drawn at random: runs can be compared
-    params = {**service.config.defaults.model_dump(mode="json", exclude_unset=True), **overrides}
+    params = service.config.defaults.with_overrides(overrides)
     spec = RunSpec(name, f"{name}.content.png", (f"{name}.style.png",), params, {}, content_size=size)
     service.store.queue(job_id, [spec], 0, name, {})
     return job_id
@@ -117,10 +117,10 @@ def test_out_of_memory_every_time_ends_in_failed_with_the_reason(tmp_path, monke
 def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, monkeypatch, policy):
     service = make_service(tmp_path, monkeypatch, memory_budget="700MiB", too_big=policy)
     job = queue_job(service, "big")
-    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
     # 100 iterations book a full L-BFGS history; the early stop ends the run after two
     quick = {"iterations": 100, "early_stop_tol": 0.99, "early_stop_window": 1}
-    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, **quick}, None)
+    bigger = service.config.defaults.with_overrides({"image_size": 256, **quick})
+    service.store.change_params(service.store.runs(job)[0].id, bigger, None)
     run_until_settled(service)
     result = json.loads((service.folders.outbox / "big" / "job.json").read_text())["results"][0]
     assert result["status"] == "done" and "the budget is 0.68 GiB" in result["warning"]
@@ -135,8 +135,8 @@ def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, mo
 def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatch):
     service = make_service(tmp_path, monkeypatch, memory_budget="700MiB", too_big="fail")
     job = queue_job(service, "big")
-    params = service.config.defaults.model_dump(mode="json", exclude_unset=True)
-    service.store.change_params(service.store.runs(job)[0].id, {**params, "image_size": 256, "iterations": 100}, None)
+    bigger = service.config.defaults.with_overrides({"image_size": 256, "iterations": 100})
+    service.store.change_params(service.store.runs(job)[0].id, bigger, None)
     run_until_settled(service)
     error = (service.folders.failed / "big" / "error.txt").read_text()
     assert "the memory budget is 0.68 GiB" in error and "it would fit with" in error and "image_size:" in error
@@ -257,14 +257,14 @@ def test_a_run_changed_to_fit_after_its_checkpoint_starts_again_rather_than_fail
     service = make_service(tmp_path, monkeypatch)
     job = queue_job(service, "big", iterations=4)
     [run] = service.store.runs(job)
-    params = StyleParams.model_validate(run.params)
+    params = run.params
     folder = service.folders.job_dir(job)
     stopped = stylize(
         service.runner.network("vgg19")[0], read_image(folder / "big.content.png"), [read_image(folder / "big.style.png")],
         params, callback=lambda progress: progress.iteration == 2,
     )
-    assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, [], params.model_dump_json())
-    service.store.change_params(run.id, {**run.params, "image_size": 24}, "shrunk to fit the device")
+    assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, [], params)
+    service.store.change_params(run.id, params.with_overrides({"image_size": 24}), "shrunk to fit the device")
     run_until_settled(service)
     [run] = service.store.runs(job)
     assert (service.store.job(job).status, run.attempts) == ("done", 1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from loguru import logger
 
+from nst_batch.engine import StyleParams
 from nst_batch import service as service_module
 from nst_batch.config import Config
 from nst_batch.runner import Outcome
@@ -62,7 +63,7 @@ def queued_job(service: Service, name: str = "cat") -> int:
     job_id = service.store.begin_claim(name, "pair", [f"{name}.content.png"], None, {})
     service.folders.job_dir(job_id).mkdir(parents=True)
     (service.folders.job_dir(job_id) / f"{name}.content.png").write_bytes(b"c")
-    service.store.queue(job_id, [RunSpec(name, f"{name}.content.png", ("s.png",), {"iterations": 3}, {})], 0, name, {})
+    service.store.queue(job_id, [RunSpec(name, f"{name}.content.png", ("s.png",), StyleParams(iterations=3), {})], 0, name, {})
     return job_id
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from nst_batch.engine import StyleParams
 from nst_batch import status
 from nst_batch.cli import main
 from nst_batch.config import load_config
@@ -29,7 +30,7 @@ def config(tmp_path):
 def busy(config):
     """A database with a queued, a running (120 of 300 done in 60 s) and a failed job."""
     store = Store(config.state_dir)
-    spec = RunSpec("cat", "cat.content.png", ("cat.style.png",), {}, {})
+    spec = RunSpec("cat", "cat.content.png", ("cat.style.png",), StyleParams(), {})
     for name in ("cat", "queued", "typo"):
         job = store.begin_claim(name, "pair", [], None, {})
         store.queue(job, [spec], 0, name, {})

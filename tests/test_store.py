@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nst_batch.engine import StyleParams
 from nst_batch.scheduler import queue_order
 from nst_batch.store import RunSpec, Store
 
@@ -18,7 +19,7 @@ def store(tmp_path: Path):
 
 
 def run_spec(label: str, content: str = "c.jpg") -> RunSpec:
-    return RunSpec(label, content, ("s.jpg",), {"iterations": 3}, {})
+    return RunSpec(label, content, ("s.jpg",), StyleParams(iterations=3), {})
 
 
 def queued_job(store: Store, name: str, runs: int = 1, priority: int = 0) -> int:
@@ -42,7 +43,7 @@ def test_a_job_goes_from_claiming_to_queued_to_running_to_done(store: Store) -> 
     assert [(r.label, r.status, r.idx, r.priority) for r in queued] == [
         ("cat", "queued", 0, 5), ("cat-2", "queued", 1, 5)
     ]
-    assert queued[0].params == {"iterations": 3} and queued[0].styles == ("s.jpg",)
+    assert queued[0].params == StyleParams(iterations=3) and queued[0].styles == ("s.jpg",)
 
     store.start_run(queued[0])
     assert store.job(job_id).status == "running"
