@@ -4,7 +4,8 @@ A run's peak is modelled as
 
     constant + exact + per_activation x activations
 
-- ``exact``: what can be counted: the image and its gradient, the optimizer's state (Adam's two
+- ``exact``: what can be counted: the image and its gradient, the copies repairs keep (the step
+  before and the best image), the optimizer's state (Adam's two
   moments; L-BFGS's history of 2 x history_size image-sized vectors), the content and style
   targets;
 - ``activations``: the feature maps of every layer up to the deepest one a loss needs, which
@@ -87,7 +88,9 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     style_targets = sum(layer_shape(params.backbone, name, 1, 1)[0] ** 2 for name in params.style_layer_names)
     style_size = max(16, round(params.image_size * params.style_scale))
     style_images = n_styles * 3 * style_size * style_size
-    exact = 2 * pixels + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
+    # the image and its gradient; the step before and the best image so far (repairs); the average (ema)
+    kept = (4 + (1 if params.ema else 0)) * pixels
+    exact = kept + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
     activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
     return Need(exact, activations, height, width)
 

@@ -253,3 +253,9 @@ def test_with_ema_each_scale_ends_on_the_average_of_its_iterates(vgg19_random, t
             callback=lambda p: iterates.append(p.snapshot().image) and False)
     averaged = stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], params.with_overrides({"ema": 0.5}))
     torch.testing.assert_close(averaged.image, (0.5 * iterates[0] + 0.5 * iterates[1]).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_weights_on_neural_styles_scale_get_a_hint_only_where_they_mean_something_else():
+    assert "loss_normalization: none" in StyleParams(style_weight=1e6).weights_hint()
+    assert StyleParams(style_weight=1e6, loss_normalization="none").weights_hint() is None
+    assert StyleParams(style_weight=3000).weights_hint() is None and StyleParams().weights_hint() is None

@@ -145,13 +145,15 @@ def test_lbfgs_exact_part_is_2_history_plus_4_image_sizes_more_than_adams_2():
 
 
 def test_exact_part_adds_up_from_its_documented_terms():
-    """adam at 256 px, one style image: image + gradient + 2 moments, the relu4_2 content target
-    (512 channels at 1/8 size), five Gram matrices and the resized style image."""
+    """adam at 256 px, one style image: image + gradient + the step before + the best image so far
+    + 2 moments, the relu4_2 content target (512 channels at 1/8 size), five Gram matrices and the
+    resized style image; with ema, the average too."""
     need = need_of(256, optimizer="adam")
     image = IMAGE * 256 * 256
     content_target = FLOAT_BYTES * 512 * 32 * 32
     style_image = image
-    assert need.exact_bytes == 4 * image + content_target + GRAM_BYTES + style_image
+    assert need.exact_bytes == 6 * image + content_target + GRAM_BYTES + style_image
+    assert need_of(256, optimizer="adam", ema=0.9).exact_bytes == need.exact_bytes + image
 
 
 def test_more_style_images_and_a_larger_style_scale_cost_only_their_images():

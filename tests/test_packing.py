@@ -177,6 +177,8 @@ def test_runs_of_one_shape_go_through_as_one_batch_with_the_results_they_would_h
         assert all(service.store.job(job.id).status == "done" for job in service.store.jobs())
         finals[max_batch] = {name: final_losses(service, name) for name in JOBS}
         service.store.close()
+    # Two iterations: the last record is the loss after one step, before L-BFGS's curvature
+    # amplifies the batched convolution's rounding (1e-7; see test_engine_batch), so 1e-3 is safe.
     for name in JOBS:
         assert finals[4][name] == pytest.approx(finals[1][name], rel=1e-3), name
 
