@@ -13,7 +13,6 @@ import stat
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from loguru import logger
 from pydantic import ValidationError

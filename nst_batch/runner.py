@@ -9,9 +9,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 from loguru import logger
@@ -46,14 +47,21 @@ class Outcome:
     fp32: bool = True  # ran without reduced precision: its peak can teach the memory model
 
 
-def another_try(params: StyleParams, attempt: int) -> tuple[StyleParams, str]:
-    """Parameters for trying an unusable result again (pure): another seed first, then the other
-    optimizer; and what changed, for the run's warning."""
-    if attempt <= 1:
+def another_try(params: StyleParams, attempt: int, varying: Mapping[str, Any]) -> tuple[StyleParams, str] | None:
+    """Parameters for trying an unusable result again (pure): another seed at the first retry,
+    the other optimizer at the second, never a key the result is named by (a sweep's ``varying``);
+    and what changed, for the run's warning. None: nothing is left to try."""
+    tries = []
+    if "seed" not in varying:
         seed = (params.seed if params.seed is not None else 0) + 1
-        return params.with_overrides({"seed": seed}), f"seed {seed}"
-    other = "adam" if params.optimizer == "lbfgs" else "lbfgs"
-    return params.with_overrides({"optimizer": other, "lr": None}), f"optimizer {other}"
+        tries.append(({"seed": seed}, f"seed {seed}"))
+    if "optimizer" not in varying and "lr" not in varying:
+        other = "adam" if params.optimizer == "lbfgs" else "lbfgs"
+        tries.append(({"optimizer": other, "lr": None}, f"optimizer {other}"))
+    if attempt > len(tries):
+        return None
+    change, text = tries[attempt - 1]
+    return params.with_overrides(change), text
 
 
 class Runner:
@@ -192,7 +200,8 @@ class Runner:
             return Outcome("stopped")
         for repair in result.repairs:
             log.warning(f"{run.label}: {repair.describe()}")
-        problem = result_problem(result.image, seat.content, _start_image(seat), result.history[-1].iteration)
+        history = result.history
+        problem = result_problem(result.image, seat.content, _start_image(seat), history[-1].iteration, history[0].total)
         if problem is not None:
             log.warning(f"{run.label}: {problem}")
             return Outcome("unusable", problem)

@@ -14,7 +14,6 @@ from loguru import logger
 
 from .claims import Folders, dispose_failure, dispose_success
 from .config import Config
-from .engine import StyleParams
 from .intake import Intake
 from .outbox import publish, versions
 from .plots import sweep_entries, write_sweep_sheet
@@ -71,6 +70,7 @@ class Service:
         if self.config.scheduler.calibrate:
             self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
         self.workers = Workers(self.runner, self.folders, self.stop, self.work.set)
+        gc.collect()  # nothing of start-up's garbage is frozen with what lives on
         # The ~400 000 objects of torch, matplotlib and pydantic live as long as the process: out
         # of the collector's sight, the collection before each run's peak measurement takes
         # microseconds instead of a fifth of a second.
@@ -275,9 +275,12 @@ class Service:
             retry = batched or run.attempts < self.config.max_attempts
             self.store.retry_alone(run.id, outcome.error, retry, refund_attempt=batched)
             log.warning(f"{run.label}: {outcome.error}" + ("; it will run again alone" if retry else ""))
-        elif outcome.status == "unusable" and run.attempts < self.config.max_attempts:
-            params, change = another_try(run.params, run.attempts)
-            self.store.change_params(run.id, params, f"{outcome.error}; tried again with {change}")
+        elif outcome.status == "unusable" and run.attempts < self.config.max_attempts and (
+            retry := another_try(run.params, run.attempts, run.varying)
+        ):
+            params, change = retry
+            warning = "; ".join(filter(None, [run.warning, f"{outcome.error}; tried again with {change}"]))
+            self.store.change_params(run.id, params, warning)
             self.store.fail_run(run.id, outcome.error, retry=True)
             log.warning(f"{run.label}: {outcome.error}; trying again with {change}")
         else:

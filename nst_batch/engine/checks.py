@@ -19,9 +19,13 @@ UNCHANGED_MEAN = 0.5 / 255  # a mean change from the start below half a grey lev
 UNCHANGED_MIN_ITERATIONS = 20
 
 
-def result_problem(result: torch.Tensor, content: torch.Tensor, start: torch.Tensor | None, iterations: int) -> str | None:
+def result_problem(
+    result: torch.Tensor, content: torch.Tensor, start: torch.Tensor | None, iterations: int, first_loss: float = 1.0
+) -> str | None:
     """What is wrong with a result (1, 3, H, W in [0, 1]), or None. ``start``: the image the
-    optimization began from (None for noise, which no result resembles by chance)."""
+    optimization began from (None for noise, which no result resembles by chance); ``first_loss``:
+    its loss, zero when it was already the optimum (style_weight 0 from the content), which is no
+    failure to move."""
     result = result.detach().float().cpu()
     content = resize(content.detach().float().cpu(), tuple(result.shape[-2:]))
     if result.max() < BLACK and content.max() >= BLACK:
@@ -29,7 +33,7 @@ def result_problem(result: torch.Tensor, content: torch.Tensor, start: torch.Ten
     spread, content_spread = result.std().item(), content.std().item()
     if spread < FLAT_STD and content_spread >= FLAT_CONTENT_STD:
         return f"the result is nearly one colour (pixel spread {spread:.3g}, the content's {content_spread:.3g})"
-    if start is not None and iterations >= UNCHANGED_MIN_ITERATIONS:
+    if start is not None and iterations >= UNCHANGED_MIN_ITERATIONS and first_loss > 0:
         change = (result - resize(start.detach().float().cpu(), tuple(result.shape[-2:]))).abs().mean().item()
         if change < UNCHANGED_MEAN:
             return f"the result is the image it started from (mean change {change * 255:.2f} grey levels in {iterations} iterations)"

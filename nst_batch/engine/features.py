@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from .layers import HALVING, LAYERS
+from .layers import DEFAULT_LAYERS, HALVING, LAYERS
 
 _VGG_CFG = {"vgg16": "D", "vgg19": "E"}
 PROBE_SIDE = 64  # of the image that measures a network's feature scale; every backbone keeps 2 px at its deepest layer
@@ -68,7 +68,7 @@ class Network:
     backbone: str
     layers: dict[str, nn.Module]
     normalization: Normalization
-    scales: dict[tuple, float] = field(default_factory=dict, repr=False)  # FeatureExtractor.feature_scale's
+    scales: dict[str, float] = field(default_factory=dict, repr=False)  # FeatureExtractor.feature_scale's, by pooling
 
     def to(self, device: torch.device) -> "Network":
         for module in self.layers.values():
@@ -136,18 +136,20 @@ class FeatureExtractor(nn.Module):
             return nn.AvgPool2d(module.kernel_size, module.stride, module.padding)
         return module
 
-    def feature_scale(self, layer: str) -> float:
-        """The network's unit of feature size: the mean square of ``layer``'s features for a fixed
-        probe image (uniform noise, PROBE_SIDE px, seed 0). A network whose features are k times
-        larger has a unit k^2 times larger; computed once per network, layer and pooling."""
-        key = (layer, self.pooling)
-        if key not in self.network.scales:
-            dtype = next(self.body.parameters()).dtype
+    def feature_scale(self) -> float:
+        """The network's unit of feature size: the mean square of its default content layer's
+        features (relu4_2, layer2) for a fixed probe image (uniform noise, PROBE_SIDE px, seed 0),
+        in full precision whatever this extractor's speed. A network whose features are k times
+        larger has a unit k^2 times larger. Measured once per network and pooling."""
+        layer = DEFAULT_LAYERS[self.network.backbone][0][0]
+        if self.pooling not in self.network.scales:
+            plain = FeatureExtractor(self.network, [layer], self.pooling)
+            dtype = next(plain.body.parameters()).dtype
             probe = torch.rand((1, 3, PROBE_SIDE, PROBE_SIDE), generator=torch.Generator().manual_seed(0), dtype=dtype)
             with torch.no_grad():
-                features = self(probe.to(self.normalize.offset.device))[layer]
-            self.network.scales[key] = features.double().pow(2).mean().item() or 1.0
-        return self.network.scales[key]
+                features = plain(probe.to(plain.normalize.offset.device))[layer]
+            self.network.scales[self.pooling] = features.double().pow(2).mean().item() or 1.0
+        return self.network.scales[self.pooling]
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         features = {}

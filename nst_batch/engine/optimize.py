@@ -96,6 +96,7 @@ class RunState:
     repairs: list[Repair] = field(default_factory=list)
     best_image: torch.Tensor | None = None  # of the scale in progress: where a repair goes on from
     average: torch.Tensor | None = None  # of the scale in progress, with params.ema
+    still: int = 0  # steps in a row that moved no pixel (a stall in the making)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class RunState:
             "repairs": [vars(r) for r in self.repairs],
             "best_image": self.best_image,
             "average": self.average,
+            "still": self.still,
         }
 
     @classmethod
@@ -118,6 +120,7 @@ class RunState:
             repairs=[Repair(**r) for r in data.get("repairs", [])],
             best_image=data.get("best_image"),
             average=data.get("average"),
+            still=data.get("still", 0),
         )
 
 
@@ -367,7 +370,7 @@ def _loss(
             style_images = [luminance(s) for s in style_images]
         style_features = [extractor(s) for s in style_images]
     # Features k times larger make the content term k^2 and the style term k^4 times larger.
-    unit = extractor.feature_scale(params.content_layer_names[0]) if params.loss_normalization == "network" else 1.0
+    unit = extractor.feature_scale() if params.loss_normalization == "network" else 1.0
     return StyleTransferLoss(
         content={name: ContentLoss(content_features[name], 1 / unit) for name in params.content_layer_names},
         style={name: _style_loss(params, [f[name] for f in style_features], blend, unit) for name in params.style_layer_names},
@@ -379,8 +382,8 @@ def _loss(
 
 
 # A step blew up when the loss it led to is this many times the best of its scale so far. Measured
-# on real features (benchmarks/quality.py): legitimate runs never rose above 1.x their best, the
-# blow-ups of unbounded L-BFGS on Caffe-layout features rose by 10^20.
+# on real features (benchmarks/quality.py): legitimate runs rose at most 3.4x their best; the
+# blow-ups of unbounded L-BFGS rose 1.28e4x (and 2e21x in the run that froze on its content).
 BLOWUP_FACTOR = 100.0
 # The optimizer stalled when this many steps in a row moved no pixel while the gradient was not
 # zero: L-BFGS then repeats the same non-descent direction for ever (jcjohnson/neural-style #89).
@@ -388,7 +391,7 @@ STALL_STEPS = 3
 # ...below this largest gradient entry L-BFGS stops stepping by design (torch's tolerance_grad):
 # that is convergence, not a stall.
 CONVERGED_GRADIENT = 1e-7
-MAX_REPAIRS = 3  # per scale: lr / 10, lr / 100, then Adam; one more blow-up or stall is an error
+MAX_REPAIRS = 3  # per scale: lr / 10, lr / 100, then Adam (an Adam run: lr / 1000); one more is an error
 
 
 def _style_loss(params: StyleParams, features: list[torch.Tensor], blend: Sequence[float], unit: float):
@@ -432,16 +435,17 @@ class _ScaleRun:
         self.iteration = state.iteration
         self.scale_start = state.scale_starts[-1]
         # Early stop looks at the iterations since the scale began or was last repaired.
-        attempt_start = here[-1].iteration if here else self.scale_start
-        self.best = list(accumulate((r.total for r in self.history[attempt_start:]), min))
+        self.attempt_start = here[-1].iteration if here else self.scale_start
+        self.best = list(accumulate((r.total for r in self.history[self.attempt_start :]), min))
         finite = [r for r in self.history[self.scale_start :] if math.isfinite(r.total)]
         best = min(finite, key=lambda r: r.total, default=None)
         self.best_total = best.total if best else None
         self.best_iteration = best.iteration if best else self.iteration
-        self.best_image = state.best_image.to(self.image.device) if state.best_image is not None else None
-        self.average = state.average.to(self.image.device) if state.average is not None else None
+        # copies: the caller's resume state must stay as it was, to resume from again
+        self.best_image = state.best_image.to(self.image.device, copy=True) if state.best_image is not None else None
+        self.average = state.average.to(self.image.device, copy=True) if state.average is not None else None
         self._before = torch.empty_like(self.image, requires_grad=False)
-        self.still = 0  # steps in a row that moved no pixel
+        self.still = state.still  # steps in a row that moved no pixel
         self.stopped = False  # by the callback...
         self.stop_state: RunState | None = None  # ...which leaves the state to resume from
         self.error: Exception | None = None
@@ -454,7 +458,9 @@ class _ScaleRun:
         if self.stopped or self.error is not None:
             return True
         early = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
-        return early or self.iteration - self.scale_start >= self.params.iterations
+        # ...but never on a repair: one more iteration evaluates the image it went back to
+        just_repaired = bool(self.repairs) and self.repairs[-1].iteration == self.iteration
+        return early or (self.iteration - self.scale_start >= self.params.iterations and not just_repaired)
 
     def evaluate(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """This image's total loss from its features; the caller runs the backward pass."""
@@ -518,12 +524,15 @@ class _ScaleRun:
         return largest > 0
 
     def _average(self) -> None:
-        """The iterates' exponential moving average (Adam's iterates jitter around where they go)."""
+        """The iterates' exponential moving average (Adam's iterates jitter around where they go),
+        with a warm-up decay, so the start image weighs nothing after a few dozen steps."""
+        steps = self.iteration - self.attempt_start
+        decay = min(self.params.ema, (1 + steps) / (10 + steps))
         with torch.no_grad():
             if self.average is None:
                 self.average = self.image.detach().clone()
             else:
-                self.average.lerp_(self.image, 1 - self.params.ema)
+                self.average.lerp_(self.image, 1 - decay)
 
     def _repair(self, cause: str, record: LossRecord) -> None:
         """Go on from the best image of the scale with a tenth of the step (Adam at the last
@@ -545,7 +554,7 @@ class _ScaleRun:
         self.optimizer_name, self.lr = name, lr
         self.optimizer = _optimizer(name, lr, self.params.lbfgs_history, self.image)
         self.repairs.append(Repair(self.iteration, self.state.scale, cause, self.best_iteration, name, lr))
-        self.best, self.still = [], 0
+        self.best, self.still, self.attempt_start = [], 0, self.iteration
         self.average = None  # it took in the step that went wrong
 
     def _early_stop(self) -> EarlyStop | None:
@@ -569,6 +578,7 @@ class _ScaleRun:
             iteration=self.iteration,
             image=image.detach().cpu().clone(),  # unclamped: a resumed run continues exactly
             average=self.average.cpu().clone() if with_optimizer and self.average is not None else None,
+            still=self.still if with_optimizer else 0,
             optimizer=_to_cpu(self.optimizer.state_dict()) if with_optimizer else {},
             history=list(self.history),
             early_stops=list(self.early_stops),
