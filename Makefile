@@ -31,12 +31,18 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/engine_overhead.py
 
-# Only after the suite passed on what pip resolves today: those versions become the known-good set.
-constraints: test
+# A fresh venv with what pip resolves today; if the suite passes on it, its versions become
+# constraints.txt, the last known-good set.
+constraints:
+	rm -rf .venv-resolve
+	$(PYTHON) -m venv .venv-resolve
+	.venv-resolve/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.venv-resolve/bin/python -m pytest -q
 	{ echo "# The last known-good set: 'make test' passed with these on $$(date -u +%F)," \
-	       "Python $$($(BIN)/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \
+	       "Python $$(.venv-resolve/bin/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \
 	  echo "# Reproduce a failure with: make test CONSTRAINTS=constraints.txt   Refresh with: make constraints"; \
-	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt
+	  .venv-resolve/bin/python -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt
+	rm -rf .venv-resolve
 
 clean:
-	rm -rf .venv .venv-pinned .pytest_cache
+	rm -rf $(VENV) .venv .venv-pinned .venv-resolve .pytest_cache
