@@ -339,3 +339,12 @@ def test_failed_jobs_from_store_records(tmp_path):
     store.close()
     assert failure["id"] == job and failure["name"] == "half" and failure["error"] == "no style image after 600 s"
     assert abs(failure["when"] - time.time()) < 60
+
+
+def test_a_results_repairs_are_shown_with_it(outbox):
+    folder = publish_fake(outbox, "cat-repaired", 99)
+    record = json.loads((folder / "job.json").read_text())
+    record["results"][0]["repairs"] = ["repair at iteration 6 (scale 1): blow-up: the loss rose to 1.7e+06"]
+    (folder / "job.json").write_text(json.dumps(record))
+    page = gallery.rebuild(outbox, [], now=NOW).read_text()
+    assert "repair at iteration 6 (scale 1): blow-up" in page

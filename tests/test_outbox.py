@@ -46,3 +46,16 @@ def test_gif_frames_of_growing_scales_share_the_last_size(tmp_path):
     write_gif(tmp_path / "p.gif", frames)
     gif = Image.open(tmp_path / "p.gif")
     assert gif.n_frames == 2 and gif.size == (32, 16)
+
+
+def test_a_repair_and_an_early_stop_are_in_the_loss_logs_note_column():
+    from nst_batch.engine import EarlyStop, Repair, Result
+    from nst_batch.outbox import result_notes
+
+    history = [LossRecord(i, 1.0, 2.0, 0.0, 3.0 if i != 2 else 3e9, 0.1 * i) for i in (1, 2, 3)]
+    repair = Repair(2, 0, "blow-up: the loss rose to 3e+09", 1, "lbfgs", 0.1)
+    stop = EarlyStop(3, 0, 1e-4, 100, 1e-3)
+    result = Result(image=torch.zeros(1, 3, 2, 2), history=history, scale_starts=[0], early_stops=[stop], seed=1,
+                    repairs=[repair])
+    rows = loss_log_text(history, result_notes(result)).splitlines()
+    assert rows[1].endswith(",") and "repair at iteration 2" in rows[2] and "early stop at iteration 3" in rows[3]
