@@ -482,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             sheet_rows.append(row)
             _write_json(report, out)  # as it goes: a long run interrupted keeps what it measured
         report["contact_sheet"] = str(contact_sheet(sheet_rows, [v.name for v in variants], args.sheet))
+        report["convergence_plot"] = str(convergence_plot(report, args.sheet.with_name("convergence.png")))
     if args.neural_style_pt:
         report["side_by_side"] = side_by_side(args.neural_style_pt.expanduser().resolve(), args.pairs, args.size,
                                               args.iterations, args.threads, args.hed_cache)
@@ -491,6 +492,33 @@ def main(argv: list[str] | None = None) -> None:
 
 _SCALAR = r'(?:-?[0-9.eE+-]+|NaN|-?Infinity|true|false|null|"[^",\\\[\]]*")'
 _FLAT_LIST = re.compile(r"\[\s*(" + _SCALAR + r"(?:,\s*" + _SCALAR + r")*)\s*\]")
+
+
+def convergence_plot(report: dict, path: Path) -> Path:
+    """Total loss (relative to its first value) against wall time, one line per pair and variant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    styles = {}
+    for pair in report["pairs"]:
+        for run in pair["runs"]:
+            if not run.get("history"):
+                continue
+            seconds = [row[4] for row in run["history"]]
+            first = run["history"][0][3]
+            line = styles.setdefault(run["variant"], ["-", "--", ":", "-."][len(styles) % 4])
+            axes.plot(seconds, [row[3] / first for row in run["history"]], line, linewidth=1,
+                      label=f"{pair['pair']} ({run['variant']})")
+    axes.set_yscale("log")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("total loss / first total")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=6, ncol=2)
+    figure.savefig(path, format="png")
+    return path
 
 
 def _write_json(report: dict, path: Path) -> None:
