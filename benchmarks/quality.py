@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             sheet_rows.append(row)
             _write_json(report, out)  # as it goes: a long run interrupted keeps what it measured
         report["contact_sheet"] = str(contact_sheet(sheet_rows, [v.name for v in variants], args.sheet))
-        report["convergence_plot"] = str(convergence_plot(report, args.sheet.with_name("convergence.png")))
+        report["convergence_plot"] = str(convergence_plot(report, args.sheet.with_name(args.sheet.stem + "_convergence.png")))
     if args.neural_style_pt:
         report["side_by_side"] = side_by_side(args.neural_style_pt.expanduser().resolve(), args.pairs, args.size,
                                               args.iterations, args.threads, args.hed_cache)
