@@ -8,6 +8,9 @@ CONSTRAINTS ?=
 VENV        ?= $(if $(CONSTRAINTS),.venv-pinned,.venv)
 BIN          = $(VENV)/bin
 PYTEST_ARGS ?=
+# Two pytest workers, one test file each at a time: most end-to-end tests wait on a daemon
+# process, so two halve the suite's time on two cores (136 s against 259 s, measured).
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench constraints clean
 
@@ -26,7 +29,7 @@ run: $(BIN)/.installed $(CONFIG)
 	$(BIN)/nst-batch serve --config $(CONFIG)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/engine_overhead.py
@@ -37,7 +40,7 @@ constraints:
 	rm -rf .venv-resolve
 	$(PYTHON) -m venv .venv-resolve
 	.venv-resolve/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	.venv-resolve/bin/python -m pytest -q
+	.venv-resolve/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	{ echo "# The last known-good set: 'make test' passed with these on $$(date -u +%F)," \
 	       "Python $$(.venv-resolve/bin/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \
 	  echo "# Reproduce a failure with: make test CONSTRAINTS=constraints.txt   Refresh with: make constraints"; \
