@@ -80,6 +80,8 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     losses = job.loss_log_path if job.loss_log else None
     extra = {"content": job.content.name, "styles": [p.name for p in job.styles], "precision": speed.autocast or "fp32"}
     write_result(result, params, weights, job.output, losses, job.gif, frames, extra)
+    for repair in result.repairs:
+        logger.warning(repair.describe())
     for stop in result.early_stops:
         logger.info(stop.describe())
     final = result.history[-1]

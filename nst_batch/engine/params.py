@@ -194,8 +194,9 @@ class StyleParams(BaseModel):
         return None
 
     def stored(self) -> dict[str, Any]:
-        """What a queue or a checkpoint records: the fields set, and every field of BEFORE_FIELDS,
-        so that reading it back (``from_stored``) gives these parameters whatever defaults change."""
+        """What a queue or a checkpoint records: the fields set, and every field of BEFORE_FIELDS.
+        Reading it back (``from_stored``) gives these parameters as long as only the defaults of
+        BEFORE_FIELDS change; a field whose default changes must be added there."""
         return {**self.model_dump(mode="json", include=set(BEFORE_FIELDS)), **self.model_dump(mode="json", exclude_unset=True)}
 
     @classmethod
