@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nst_batch.engine import Member, StyleParams, load_network, resolve_device, stylize, stylize_batch  # noqa: E402
-from nst_batch.errors import DeviceError, NstBatchError  # noqa: E402
+from nst_batch.util.errors import DeviceError, NstBatchError  # noqa: E402
 
 JOB_ITERATIONS = 300  # the job the results-per-hour figure is projected for
 WARMUP_ITERATIONS = 2

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nst_batch.checkpoint import CHECKPOINT_SHARE, frame_bytes, save_checkpoint  # noqa: E402
+from nst_batch.daemon.checkpoint import CHECKPOINT_SHARE, frame_bytes, save_checkpoint  # noqa: E402
 from nst_batch.engine import LossRecord, RunState, StyleParams  # noqa: E402
 
 

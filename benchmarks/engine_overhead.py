@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nst_batch.engine import FeatureExtractor, StyleParams, imagenet_file, load_network, resolve_device, stylize  # noqa: E402
-from nst_batch.errors import DeviceError  # noqa: E402
+from nst_batch.util.errors import DeviceError  # noqa: E402
 
 WARMUP = 2  # iterations left out of every median
 OPTIMIZERS = ("lbfgs", "adam")

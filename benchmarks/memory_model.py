@@ -62,7 +62,7 @@ def child(args: argparse.Namespace) -> dict:
     """One measurement, in this (fresh) process."""
     import torch
 
-    from nst_batch import calibration, memory
+    from nst_batch.daemon import measure as calibration, memory
     from nst_batch.engine import Member, StyleParams, load_network, resolve_device, stylize_batch
     from nst_batch.engine.features import Speed
 
@@ -139,7 +139,7 @@ def child(args: argparse.Namespace) -> dict:
 
 def _booked(model, need, batch: int) -> int:
     """What the scheduler books for ``batch`` such runs together (scheduler.Batch.need_bytes)."""
-    from nst_batch.scheduler import Batch, Candidate
+    from nst_batch.daemon.scheduler import Batch, Candidate
 
     runs = tuple(Candidate(i, i, 0, 0, model.peak(need), False, "shape", model.shared_bytes()) for i in range(batch))
     return Batch(runs).need_bytes
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from nst_batch.engine import resolve_device
-    from nst_batch.errors import DeviceError
+    from nst_batch.util.errors import DeviceError
 
     try:
         resolve_device(args.device)

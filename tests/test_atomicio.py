@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from nst_batch import atomicio
-from nst_batch.atomicio import atomic_path, atomic_write, is_temp_name
+from nst_batch.util import atomicio
+from nst_batch.util.atomicio import atomic_path, atomic_write, is_temp_name
 
 
 def test_atomic_write_bytes_and_text(tmp_path):

@@ -4,7 +4,7 @@ costs only time."""
 import pytest
 import torch
 
-from nst_batch.checkpoint import (
+from nst_batch.daemon.checkpoint import (
     CHECKPOINT_SHARE, checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint,
 )
 from nst_batch.engine import StyleParams, stylize

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from nst_batch.claims import Folders, dispose_failure, dispose_success, move_in
-from nst_batch.config import Config
-from nst_batch.errors import InputError
+from nst_batch.daemon.claims import Folders, dispose_failure, dispose_success, move_in
+from nst_batch.settings.config import Config
+from nst_batch.util.errors import InputError
 
 
 @pytest.fixture()

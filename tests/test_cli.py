@@ -9,8 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
-from nst_batch.cli import main
-from nst_batch.imagefile import read_metadata
+from nst_batch.cli.main import main
+from nst_batch.util.imagefile import read_metadata
 
 
 @pytest.fixture()

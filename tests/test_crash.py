@@ -24,9 +24,9 @@ import torch
 from loguru import logger
 
 from daemon_helpers import Daemon, daemon_factory, in_gallery, loss_rows, make_image, wait_for  # noqa: F401
-from nst_batch import service as service_module
-from nst_batch.config import Config
-from nst_batch.service import Service
+from nst_batch.daemon import service as service_module
+from nst_batch.settings.config import Config
+from nst_batch.daemon.service import Service
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from daemon_helpers import Daemon, daemon_factory, image_bytes, in_gallery, loss_rows, make_image, write_slowly  # noqa: F401
-from nst_batch import status
-from nst_batch.config import load_config
+from nst_batch.cli import status
+from nst_batch.settings.config import load_config
 
 pytestmark = pytest.mark.slow
 

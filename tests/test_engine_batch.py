@@ -9,7 +9,7 @@ import torch
 from nst_batch.engine import (
     EarlyStop, FeatureExtractor, Member, Network, Result, StyleParams, batch_key, stylize, stylize_batch,
 )
-from nst_batch.errors import DivergedError, InputError
+from nst_batch.util.errors import DivergedError, InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ import torch
 from nst_batch.engine import FeatureExtractor, StyleParams, stylize
 from nst_batch.engine.checks import result_problem
 from nst_batch.engine.losses import gram
-from nst_batch.errors import DivergedError
+from nst_batch.util.errors import DivergedError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import torch
 
 from nst_batch.engine import RunState, StyleParams, stylize
 from nst_batch.engine.images import luminance, rgb_to_yiq
-from nst_batch.errors import DivergedError, InputError, NstBatchError
+from nst_batch.util.errors import DivergedError, InputError, NstBatchError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,7 @@ from torch import nn
 from nst_batch.engine import FeatureExtractor, fetch_weights, imagenet_file, load_network
 from nst_batch.engine.features import CAFFE, TORCHVISION
 from nst_batch.engine.layers import LAYERS
-from nst_batch.errors import WeightsError
+from nst_batch.util.errors import WeightsError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -264,7 +264,7 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 
 def test_make_runs_first_step_fetches_the_configs_backbone_once(torch_home, mirror, vgg19_file, tmp_path, capsys):
-    from nst_batch.cli import main
+    from nst_batch.cli.main import main
 
     folder, base = mirror
     (folder / "vgg19.pth").write_bytes(vgg19_file.read_bytes())
@@ -279,7 +279,7 @@ def test_make_runs_first_step_fetches_the_configs_backbone_once(torch_home, mirr
 
 
 def test_make_runs_first_step_fetches_nothing_for_other_weights(torch_home, tmp_path, capsys):
-    from nst_batch.cli import main
+    from nst_batch.cli.main import main
 
     config = _config(tmp_path, "model:\n  weights: random\n")
     unreachable = "http://127.0.0.1:9/vgg19.pth"  # the discard port: a download would fail
@@ -288,7 +288,7 @@ def test_make_runs_first_step_fetches_nothing_for_other_weights(torch_home, tmp_
 
 
 def test_make_runs_first_step_offline_is_one_line_that_says_what_to_do(torch_home, tmp_path, capsys):
-    from nst_batch.cli import main
+    from nst_batch.cli.main import main
 
     config = _config(tmp_path, "model:\n  weights: imagenet\ndefaults:\n  backbone: vgg16\n")
     unreachable = "http://127.0.0.1:9/vgg16.pth"

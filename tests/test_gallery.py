@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_batch import gallery, plots
+from nst_batch.results import gallery
+from nst_batch.results import plots
 
 NOW = 1_750_000_000.0
 MAGENTA = (240, 0, 240)
@@ -330,7 +331,7 @@ def test_the_gallery_in_a_headless_browser(outbox, tmp_path, chromium):
 
 
 def test_failed_jobs_from_store_records(tmp_path):
-    from nst_batch.store import Store
+    from nst_batch.daemon.store import Store
 
     store = Store(tmp_path / "state")
     job = store.begin_claim("half", "pair", [], None, {})

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_batch.errors import InputError
-from nst_batch.imagefile import image_size, read_image, read_metadata, write_image
+from nst_batch.util.errors import InputError
+from nst_batch.util.imagefile import image_size, read_image, read_metadata, write_image
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nst_batch.inbox import Entry, SidecarRefs, Submission, plan
+from nst_batch.daemon.inbox import Entry, SidecarRefs, Submission, plan
 
 TIMEOUT = 600.0
 

@@ -6,15 +6,15 @@ import os
 import pytest
 from PIL import Image
 
-from nst_batch import intake as intake_module
-from nst_batch.claims import Folders, dispose_failure
-from nst_batch.config import Config
+from nst_batch.daemon import intake as intake_module
+from nst_batch.daemon.claims import Folders, dispose_failure
+from nst_batch.settings.config import Config
 from nst_batch.engine import StyleParams
-from nst_batch.inbox import SidecarRefs, Submission
-from nst_batch.intake import Intake, Scan
-from nst_batch.outbox import gif_frame_every
-from nst_batch.store import Store
-from nst_batch.watcher import InboxWatcher
+from nst_batch.daemon.inbox import SidecarRefs, Submission
+from nst_batch.daemon.intake import Intake, Scan
+from nst_batch.results.outbox import gif_frame_every
+from nst_batch.daemon.store import Store
+from nst_batch.daemon.watcher import InboxWatcher
 
 
 @pytest.fixture()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from daemon_helpers import Daemon, daemon_factory, loss_rows  # noqa: F401
-from nst_batch.checkpoint import load_checkpoint
+from nst_batch.daemon.checkpoint import load_checkpoint
 from nst_batch.engine import StyleParams
-from nst_batch.store import Store
+from nst_batch.daemon.store import Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main-cd387ff"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

@@ -5,7 +5,7 @@ import logging
 
 from loguru import logger
 
-from nst_batch.logs import setup_logging
+from nst_batch.cli.logs import setup_logging
 
 
 def test_journald_lines_carry_priorities_and_job_ids(monkeypatch, capsys):

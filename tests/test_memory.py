@@ -1,5 +1,5 @@
-"""The memory model (nst_batch.memory): shapes, needs, fitting, the too-big policies; and one
-start-up probe on the CPU (nst_batch.calibration).
+"""The memory model (nst_batch.daemon.memory): shapes, needs, fitting, the too-big policies; and one
+start-up probe on the CPU (nst_batch.daemon.measure).
 
 Everything here is pure arithmetic except the shape checks against the real random-weight
 networks and the probe test at the end.
@@ -11,10 +11,10 @@ import re
 import pytest
 import torch
 
-from nst_batch import calibration
+from nst_batch.daemon import measure as calibration
 from nst_batch.engine import FeatureExtractor, StyleParams, load_network
 from nst_batch.engine.layers import LAYERS
-from nst_batch.memory import (
+from nst_batch.daemon.memory import (
     FLOAT_BYTES,
     GIB,
     Fit,

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from nst_batch.engine import LossRecord
-from nst_batch.outbox import loss_log_text, publish, write_gif
+from nst_batch.results.outbox import loss_log_text, publish, write_gif
 
 
 def staged_job(outbox, job_id=7, label="cat"):
@@ -50,7 +50,7 @@ def test_gif_frames_of_growing_scales_share_the_last_size(tmp_path):
 
 def test_a_repair_and_an_early_stop_are_in_the_loss_logs_note_column():
     from nst_batch.engine import EarlyStop, Repair, Result
-    from nst_batch.outbox import result_notes
+    from nst_batch.results.outbox import result_notes
 
     history = [LossRecord(i, 1.0, 2.0, 0.0, 3.0 if i != 2 else 3e9, 0.1 * i) for i in (1, 2, 3)]
     repair = Repair(2, 0, "blow-up: the loss rose to 3e+09", 1, "lbfgs", 0.1)

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_batch import runner as runner_module
-from nst_batch.capacity import Capacity
-from nst_batch.checkpoint import save_checkpoint
-from nst_batch.config import Config
+from nst_batch.daemon import runner as runner_module
+from nst_batch.daemon.capacity import Capacity
+from nst_batch.daemon.checkpoint import save_checkpoint
+from nst_batch.settings.config import Config
 from nst_batch.engine import StyleParams, stylize
-from nst_batch.imagefile import read_image
-from nst_batch.runner import Runner
-from nst_batch.service import Service
-from nst_batch.store import RunSpec, Store
-from nst_batch.workers import Workers
+from nst_batch.util.imagefile import read_image
+from nst_batch.daemon.runner import Runner
+from nst_batch.daemon.service import Service
+from nst_batch.daemon.store import RunSpec, Store
+from nst_batch.daemon.workers import Workers
 
 real_stylize = runner_module.stylize_batch
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_batch import plots
+from nst_batch.results import plots
 from nst_batch.engine.optimize import EarlyStop, LossRecord
 
 RED, GREEN, BLUE, YELLOW, MAGENTA = (230, 20, 20), (20, 200, 20), (20, 20, 230), (240, 220, 10), (230, 20, 230)
@@ -88,7 +88,7 @@ def test_plots_never_import_pyplot(tmp_path):
     """pyplot's global state is not thread-safe, and runs write plots from worker threads.
     (Nor does drawing a plot need torch.)"""
     code = (
-        "import sys, matplotlib; from pathlib import Path; from nst_batch import plots; "
+        "import sys, matplotlib; from pathlib import Path; from nst_batch.results import plots; "
         "record = dict(iteration=1, content=1.0, style=2.0, tv=0.0, total=3.0); "
         f"plots.write_loss_plot(Path({str(tmp_path / 'l.png')!r}), [record]); "
         "assert 'matplotlib.pyplot' not in sys.modules and 'torch' not in sys.modules"

@@ -9,13 +9,13 @@ import torch
 from loguru import logger
 
 from nst_batch.engine import StyleParams
-from nst_batch import service as service_module
-from nst_batch.config import Config
-from nst_batch.runner import Outcome
-from nst_batch.capacity import Capacity
-from nst_batch.service import INTAKE_RESTART_S, Service
-from nst_batch.store import RunSpec
-from nst_batch.workers import Workers
+from nst_batch.daemon import service as service_module
+from nst_batch.settings.config import Config
+from nst_batch.daemon.runner import Outcome
+from nst_batch.daemon.capacity import Capacity
+from nst_batch.daemon.service import INTAKE_RESTART_S, Service
+from nst_batch.daemon.store import RunSpec
+from nst_batch.daemon.workers import Workers
 
 
 class FakeRunner:

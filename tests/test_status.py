@@ -8,10 +8,10 @@ import time
 import pytest
 
 from nst_batch.engine import StyleParams
-from nst_batch import status
-from nst_batch.cli import main
-from nst_batch.config import load_config
-from nst_batch.store import RunSpec, Store
+from nst_batch.cli import status
+from nst_batch.cli.main import main
+from nst_batch.settings.config import load_config
+from nst_batch.daemon.store import RunSpec, Store
 
 ANSI = re.compile(r"\x1b\[")
 

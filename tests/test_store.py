@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from nst_batch.engine import StyleParams
-from nst_batch.scheduler import queue_order
-from nst_batch.store import RunSpec, Store
+from nst_batch.daemon.scheduler import queue_order
+from nst_batch.daemon.store import RunSpec, Store
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nst_batch.systemd import notify
+from nst_batch.daemon.systemd import notify
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_UNIT = ROOT / "systemd" / "nst-batch.service"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from nst_batch.config import PerformanceConfig
+from nst_batch.settings.config import PerformanceConfig
 from nst_batch.engine import Speed, StyleParams, stylize
-from nst_batch.tuning import choose_speed, cpu_threads
+from nst_batch.settings.tuning import choose_speed, cpu_threads
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import yaml
 
 from daemon_helpers import Daemon, daemon_factory, make_image  # noqa: F401
 from nst_batch.engine import StyleParams
-from nst_batch.runner import another_try
+from nst_batch.daemon.runner import another_try
 
 
 def test_another_try_takes_a_new_seed_then_the_other_optimizer():

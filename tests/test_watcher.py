@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from nst_batch.watcher import InboxWatcher
+from nst_batch.daemon.watcher import InboxWatcher
 
 
 def wait_for(condition, timeout=10.0):

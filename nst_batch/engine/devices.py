@@ -2,7 +2,7 @@
 
 import torch
 
-from ..errors import DeviceError
+from ..util.errors import DeviceError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DivergedError, InputError
+from ..util.errors import DivergedError, InputError
 from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
 from .losses import ContentLoss, StyleLoss, StyleTransferLoss, WassersteinStyleLoss

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..errors import InputError
+from ..util.errors import InputError
 from .layers import BACKBONES, DEFAULT_LAYERS, LAYERS, unknown_layer_message
 
 Backbone = Literal["vgg19", "vgg16", "resnet18"]

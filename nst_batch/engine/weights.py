@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torchvision.models import ResNet18_Weights, VGG16_Weights, VGG19_Weights, resnet18
 
-from ..errors import WeightsError
+from ..util.errors import WeightsError
 from .features import CAFFE, TORCHVISION, Network, build_network, vgg_trunk
 from .layers import LAYERS
 

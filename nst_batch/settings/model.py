@@ -4,7 +4,7 @@ when the weights are random (shared by `nst-batch run` and the daemon)."""
 import torch
 from loguru import logger
 
-from .engine import Network, WeightsInfo, load_network
+from ..engine import Network, WeightsInfo, load_network
 
 
 def load_model(backbone: str, weights: str, weights_format: str, device: torch.device) -> tuple[Network, WeightsInfo]:

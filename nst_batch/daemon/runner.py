@@ -17,21 +17,21 @@ from typing import Any
 import torch
 from loguru import logger
 
-from .atomicio import atomic_write
+from ..util.atomicio import atomic_write
 from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
 from .claims import Folders
-from .config import Config
-from . import tuning
-from .engine.checks import result_problem
-from .engine import (
+from ..settings.config import Config
+from ..settings import tuning
+from ..engine.checks import result_problem
+from ..engine import (
     Member, Network, Progress, Result, Speed, StyleParams, WeightsInfo, batch_key, resolve_device, stylize_batch,
 )
-from .errors import NstBatchError
-from .imagefile import read_image
-from .model import load_model
+from ..util.errors import NstBatchError
+from ..util.imagefile import read_image
+from ..settings.model import load_model
 from .inbox import LIBRARY_PREFIX
-from .outbox import result_files, write_result
-from .plots import write_compare, write_loss_plot
+from ..results.outbox import result_files, write_result
+from ..results.plots import write_compare, write_loss_plot
 from .store import JobRecord, RunRecord, Store
 
 PROGRESS_EVERY_S = 1.0

@@ -5,10 +5,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .calibration import device_key, free_bytes
-from .config import Config
-from .engine import StyleParams, resolve_device
-from .imagefile import image_size
+from .measure import device_key, free_bytes
+from ..settings.config import Config
+from ..engine import StyleParams, resolve_device
+from ..util.imagefile import image_size
 from .memory import MemoryModel, describe_duration, fit, run_need, run_seconds
 from .store import Store
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import Network, StyleParams, stylize
+from ..engine import Network, StyleParams, stylize
 from .memory import Need, Sample, run_need
 
 PROBE_SIZES = {"cuda": (256, 512), "cpu": (64, 128)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from loguru import logger
 
-from .calibration import PeakMeter
+from .measure import PeakMeter
 from .claims import Folders
 from .runner import Outcome, Runner
 from .store import JobRecord, RunRecord, Store

@@ -13,11 +13,12 @@ from pathlib import Path
 from loguru import logger
 
 from .claims import Folders, dispose_failure, dispose_success
-from .config import Config
+from ..settings.config import Config
 from .intake import Intake
-from .outbox import publish, versions
-from .plots import sweep_entries, write_sweep_sheet
-from . import gallery, tuning
+from ..results.outbox import publish, versions
+from ..results.plots import sweep_entries, write_sweep_sheet
+from ..results import gallery
+from ..settings import tuning
 from .capacity import Capacity
 from .runner import Outcome, Runner, another_try
 from .scheduler import Active, Candidate, admit

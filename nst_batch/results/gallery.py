@@ -26,9 +26,9 @@ from urllib.parse import quote
 
 from loguru import logger
 
-from .atomicio import atomic_write, is_temp_name
+from ..util.atomicio import atomic_write, is_temp_name
 from .plots import find_result_image, write_thumbnail
-from .status import format_duration
+from ..cli.status import format_duration
 
 PAGE_SIZE = 100
 THUMB = "thumb.jpg"  # the job's picture: compare.jpg, sweep.jpg or its first result, small

@@ -21,9 +21,9 @@ way: a constant plus a cost per activation byte (the work grows with the pixels)
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .engine import StyleParams
-from .engine.images import fit_long_side
-from .engine.layers import LAYERS
+from ..engine import StyleParams
+from ..engine.images import fit_long_side
+from ..engine.layers import LAYERS
 
 FLOAT_BYTES = 4
 GIB = 1 << 30

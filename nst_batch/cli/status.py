@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .config import Config
-from .store import Store
+from ..settings.config import Config
+from ..daemon.store import Store
 
 STATUSES = ("queued", "running", "done", "failed")
 _CLEAR = "\x1b[H\x1b[2J"

@@ -13,9 +13,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomicio import TEMP_SUFFIX, atomic_path, atomic_write, fsync_dir, is_temp_name
-from .config import Config
-from .errors import InputError
+from ..util.atomicio import TEMP_SUFFIX, atomic_path, atomic_write, fsync_dir, is_temp_name
+from ..settings.config import Config
+from ..util.errors import InputError
 from .inbox import LIBRARY_PREFIX, is_litter
 
 

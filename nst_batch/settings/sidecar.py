@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from .config import FROZEN, Problem, dotted, format_problems, show, unknown_key_message, validation_problems
-from .engine.params import StyleParams
-from .errors import ConfigError
-from .inbox import unsafe_name
+from ..engine.params import StyleParams
+from ..util.errors import ConfigError
+from ..daemon.inbox import unsafe_name
 from .yamlfile import load_yaml
 
 MAX_COMBINATIONS = 256

@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .atomicio import atomic_path
-from .labels import format_value
+from ..util.atomicio import atomic_path
+from ..util.text import format_value
 
 JPEG_QUALITY = 90
 THUMB_QUALITY = 82

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from loguru import logger
 
-from . import __version__
-from .engine import StyleParams
-from .errors import NstBatchError
+from .. import __version__
+from ..engine import StyleParams
+from ..util.errors import NstBatchError
 
 EXIT_USAGE = 2
 
@@ -116,7 +116,7 @@ def _given_params(args: argparse.Namespace) -> dict[str, str | bool]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_config, params_with_overrides
+    from ..settings.config import load_config, params_with_overrides
     from .oneshot import OneShot, run_once
 
     config = load_config(args.config, args.overrides)
@@ -138,9 +138,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from ..settings.config import load_config
     from .logs import setup_logging
-    from .service import serve
+    from ..daemon.service import serve
 
     config = load_config(args.config, args.overrides)
     log = config.log
@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from . import status
-    from .config import load_config
+    from ..settings.config import load_config
 
     config = load_config(args.config, args.overrides)
     if args.watch is not None:
@@ -170,8 +170,8 @@ def _positive_seconds(text: str) -> float:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from . import estimate
-    from .config import load_config, params_with_overrides
+    from ..daemon import estimate
+    from ..settings.config import load_config, params_with_overrides
 
     config = load_config(args.config, args.overrides)
     if args.queue:
@@ -186,7 +186,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .config import validate_file
+    from ..settings.config import validate_file
 
     print(validate_file(args.file))
     return 0
@@ -194,12 +194,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     """The named backbones, or with --config the one its daemon loads first, if it uses ImageNet weights."""
-    from .engine import fetch_weights, imagenet_file
-    from .engine.layers import BACKBONES
+    from ..engine import fetch_weights, imagenet_file
+    from ..engine.layers import BACKBONES
 
     backbones = args.backbones
     if not backbones and args.config is not None:
-        from .config import load_config
+        from ..settings.config import load_config
 
         config = load_config(args.config, args.overrides)
         if str(config.model.weights) != "imagenet":

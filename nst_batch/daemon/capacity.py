@@ -8,9 +8,9 @@ at start-up and every run that ran alone since, on this kind of device and backb
 import torch
 from loguru import logger
 
-from .calibration import device_key, free_bytes, measured_need, probe
-from .config import Config
-from .engine import Network, StyleParams
+from .measure import device_key, free_bytes, measured_need, probe
+from ..settings.config import Config
+from ..engine import Network, StyleParams
 from .memory import Fit, MemoryModel, Sample, fit, make_fit, run_need
 from .store import RunRecord, Store
 

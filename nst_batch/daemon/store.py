@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import StyleParams
+from ..engine import StyleParams
 from .memory import Need, Sample
 
 _SCHEMA = """

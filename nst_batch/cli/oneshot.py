@@ -8,13 +8,13 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from . import tuning
-from .config import PerformanceConfig
-from .engine import Progress, Result, StyleParams, resolve_device, stylize
-from .errors import InputError
-from .imagefile import WRITE_SUFFIXES, read_image
-from .model import load_model
-from .outbox import gif_frame_every, write_result
+from ..settings import tuning
+from ..settings.config import PerformanceConfig
+from ..engine import Progress, Result, StyleParams, resolve_device, stylize
+from ..util.errors import InputError
+from ..util.imagefile import WRITE_SUFFIXES, read_image
+from ..settings.model import load_model
+from ..results.outbox import gif_frame_every, write_result
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 import torch
 
 from .config import PerformanceConfig
-from .engine import Speed
+from ..engine import Speed
 
 
 def choose_speed(settings: PerformanceConfig, optimizer: str, device_type: str, cpu_bf16: bool) -> Speed:

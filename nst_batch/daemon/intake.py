@@ -18,17 +18,17 @@ from loguru import logger
 from pydantic import ValidationError
 
 from .claims import Folders, dispose_failure, move_in, unique_child
-from .config import Config, format_validation_error
-from .engine import StyleParams
-from .errors import InputError, NstBatchError
-from .imagefile import image_size
+from ..settings.config import Config, format_validation_error
+from ..engine import StyleParams
+from ..util.errors import InputError, NstBatchError
+from ..util.imagefile import image_size
 from .inbox import LIBRARY_PREFIX, SIDECAR_SUFFIXES, SidecarRefs, Submission, is_ignored, plan
-from .outbox import gif_frame_every
-from .labels import format_value
-from .sidecar import Sidecar, SidecarJob, load_sidecar
+from ..results.outbox import gif_frame_every
+from ..util.text import format_value
+from ..settings.sidecar import Sidecar, SidecarJob, load_sidecar
 from .store import JobRecord, RunSpec, Store
 from .watcher import InboxWatcher
-from .yamlfile import load_yaml
+from ..settings.yamlfile import load_yaml
 
 # A listing taken in the same clock tick as a change to the folder could miss that change while
 # the folder's mtime stays the same, so a listing is reused only once its mtime is this old.

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import __version__
-from .atomicio import atomic_path, atomic_write, fsync_dir, is_temp_name
-from .engine import LossRecord, Result, StyleParams, WeightsInfo
-from .engine.images import resize_long_side
-from .imagefile import write_image
+from .. import __version__
+from ..util.atomicio import atomic_path, atomic_write, fsync_dir, is_temp_name
+from ..engine import LossRecord, Result, StyleParams, WeightsInfo
+from ..engine.images import resize_long_side
+from ..util.imagefile import write_image
 
 # ``note``: what happened at that iteration besides a step (a repair, an early stop); mostly empty.
 LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "elapsed_s", "note")

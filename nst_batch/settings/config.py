@@ -15,8 +15,8 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from .engine.params import StyleParams
-from .errors import ConfigError
+from ..engine.params import StyleParams
+from ..util.errors import ConfigError
 from .yamlfile import load_yaml, parse_yaml
 
 FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
