@@ -62,7 +62,8 @@ def child(args: argparse.Namespace) -> dict:
     """One measurement, in this (fresh) process."""
     import torch
 
-    from nst_batch.daemon import measure as calibration, memory
+    from nst_batch.daemon import measure as calibration
+    from nst_batch.daemon import memory
     from nst_batch.engine import Member, StyleParams, load_network, resolve_device, stylize_batch
     from nst_batch.engine.features import Speed
 
@@ -81,7 +82,7 @@ def child(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     samples = calibration.probe(network, device, StyleParams(**weights))
     probe_seconds = time.perf_counter() - started
-    model = memory.fit(samples)
+    model = memory.fit_model(samples)
 
     base = StyleParams(optimizer=args.optimizer, **weights)
     speed = Speed(None if args.autocast == "off" else args.autocast, args.channels_last)
@@ -161,7 +162,6 @@ def _count_lbfgs_pairs(torch) -> list[int]:
 
 def environment(args: argparse.Namespace) -> dict:
     import torch
-
     from engine_overhead import cores, cpu_info
 
     env = {

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hed import DEFAULT_CACHE, hed_torchvision_file, hed_weights_file  # noqa: E402
+
 from nst_batch.engine import FeatureExtractor, StyleParams, load_network, stylize  # noqa: E402
 from nst_batch.engine.images import fit_long_side, resize, resize_long_side  # noqa: E402
 from nst_batch.engine.losses import gram  # noqa: E402
@@ -387,8 +388,8 @@ def side_by_side(ns_path: Path, pairs: list[str], size: int, iterations: int, th
 
 def child_ours(content_png: str, style_png: str, out_png: str, size: int, iterations: int, cache: Path) -> None:
     """Our side of :func:`side_by_side`: neural-style-pt's settings, its output format."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     def read(path: str) -> torch.Tensor:
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255

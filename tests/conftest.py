@@ -9,6 +9,8 @@ from loguru import logger
 
 from nst_batch.engine import Network, load_network
 
+pytest_plugins = ["daemon_helpers"]  # its fixtures (daemon_factory) in every test module
+
 SIZE = 24  # VGG-19 still has a 1x1 map at relu5_1; every iteration stays cheap on a CPU
 
 

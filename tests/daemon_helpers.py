@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -66,6 +67,28 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, explain: Cal
         time.sleep(0.05)
 
 
+def serve_until_settled(service, timeout: float = 120) -> None:
+    """The daemon's real main loop (``Service.serve``) in this process, stopped once every job
+    has ended (or after ``timeout``, failing)."""
+    settled, timed_out = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        with closing(sqlite3.connect(service.folders.state / "jobs.sqlite3", timeout=10)) as db:
+            while not service.stop.is_set():
+                left = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('claiming', 'queued', 'running')").fetchone()[0]
+                if not left or time.monotonic() > deadline:
+                    (settled if not left else timed_out).set()
+                    service.request_stop()
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, name="settled?", daemon=True)
+    watcher.start()
+    assert service.serve() == 0
+    watcher.join()
+    assert not timed_out.is_set(), f"jobs did not end within {timeout:g} s"
+
+
 def in_gallery(outbox: Path, name: str) -> bool:
     """Whether outbox/index.html shows the job's thumbnail: the gallery, made after the job is
     recorded done, has finished with its folder."""
@@ -98,6 +121,7 @@ class Daemon:
         self.config = root / "config.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.env: dict[str, str] = {}  # extra environment of the daemon process
+        self.command = [sys.executable, "-m", "nst_batch"]  # what runs `serve --config CONFIG`
         self.process: subprocess.Popen | None = None
         self.logs: list[Path] = []
 
@@ -114,7 +138,7 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nst_batch", "serve", "--config", str(self.config)],
+                [*self.command, "serve", "--config", str(self.config)],
                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT,
             )
         self.wait(lambda: "nst-batch serving" in self.log(), 60, "the daemon to start serving")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import Daemon, image_bytes, make_image
 from PIL import Image
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-
-from daemon_helpers import Daemon, daemon_factory, image_bytes, make_image  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from nst_batch.daemon.checkpoint import (
-    CHECKPOINT_SHARE, checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint,
+    CHECKPOINT_SHARE,
+    checkpoint_due,
+    frame_bytes,
+    frame_pictures,
+    load_checkpoint,
+    save_checkpoint,
 )
 from nst_batch.engine import StyleParams, stylize
 

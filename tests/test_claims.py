@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from nst_batch.daemon.claims import Folders, dispose_failure, dispose_success, move_in
+from nst_batch.daemon.claims import dispose_failure, dispose_success, move_in
+from nst_batch.daemon.folders import Folders
 from nst_batch.settings.config import Config
 from nst_batch.util.errors import InputError
 

@@ -8,11 +8,20 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from nst_batch.settings.config import Config, LogConfig, ModelConfig, PerformanceConfig, SchedulerConfig, load_config, params_with_overrides, validate_file
 from nst_batch.engine.params import StyleParams
-from nst_batch.util.errors import ConfigError
+from nst_batch.settings.check import validate_file
+from nst_batch.settings.config import (
+    Config,
+    LogConfig,
+    ModelConfig,
+    PerformanceConfig,
+    SchedulerConfig,
+    load_config,
+    params_with_overrides,
+)
 from nst_batch.settings.sidecar import Sidecar, load_sidecar, sidecar_from_mapping
 from nst_batch.settings.yamlfile import load_yaml
+from nst_batch.util.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 

@@ -2,9 +2,9 @@
 publishes, restarted each time; in the end nothing is lost, nothing is doubled, nothing partial
 is visible, and the database agrees with the folders.
 
-``NST_BATCH_TEST_PAUSE_S`` (a test-only hook in ``atomicio``) holds every atomic write and
-folder sync open for a moment, so that the kills land inside those windows, not only between
-them. The moments are seeded, so a failure can be replayed."""
+The daemon runs through ``paced_daemon.py``, which holds every fsync open for a moment (a
+temporary file complete but not yet renamed, a rename not yet durable), so that the kills land
+inside those windows, not only between them. The moments are seeded, so a failure can be replayed."""
 
 import errno
 import hashlib
@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from daemon_helpers import Daemon, in_gallery, loss_rows, make_image, wait_for
 from loguru import logger
 
-from daemon_helpers import Daemon, daemon_factory, in_gallery, loss_rows, make_image, wait_for  # noqa: F401
-from nst_batch.daemon import service as service_module
-from nst_batch.settings.config import Config
+from nst_batch.daemon import finishing
 from nst_batch.daemon.service import Service
+from nst_batch.settings.config import Config
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) 
         settle_seconds=0.3, checkpoint_every=2, max_attempts=20,
         defaults={"image_size": 32, "iterations": ITERATIONS, **SHALLOW}, scheduler={"calibrate": False},
     )
-    daemon.env["NST_BATCH_TEST_PAUSE_S"] = "0.03"
+    daemon.command = [sys.executable, str(Path(__file__).with_name("paced_daemon.py")), "0.03"]
     daemon.start()
     originals = drop_everything(daemon.inbox, daemon.root / "scratch")
 
@@ -212,9 +213,10 @@ def serving(tmp_path, monkeypatch):
         ready = threading.Event()
 
         def serve() -> None:
-            made.append(Service(config))  # SQLite connections belong to the thread that opens them
-            ready.set()
-            made[0].serve()
+            with Service(config) as service:  # SQLite connections belong to the thread that opens them
+                made.append(service)
+                ready.set()
+                service.serve()
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
@@ -224,9 +226,7 @@ def serving(tmp_path, monkeypatch):
 
     yield start
     for service, thread in started:
-        service.stop.set()
-        service.work.set()
-        service.watcher.wake.set()
+        service.request_stop()
         thread.join(30)
     logger.remove(sink)
     torch.set_num_threads(threads)
@@ -240,7 +240,7 @@ def serving(tmp_path, monkeypatch):
 def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_returns(
     serving, monkeypatch, victim, where
 ) -> None:
-    monkeypatch.setattr(service_module, "NO_SPACE_RETRY_S", 0.3)
+    monkeypatch.setattr(finishing, "NO_SPACE_RETRY_S", 0.3)
     full = threading.Event()
     full.set()
     refused: list[str] = []

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon_helpers import Daemon, image_bytes, in_gallery, loss_rows, make_image, write_slowly
 from PIL import Image
 
-from daemon_helpers import Daemon, daemon_factory, image_bytes, in_gallery, loss_rows, make_image, write_slowly  # noqa: F401
 from nst_batch.cli import status
 from nst_batch.settings.config import load_config
 

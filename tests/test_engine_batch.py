@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from nst_batch.engine import (
-    EarlyStop, FeatureExtractor, Member, Network, Result, StyleParams, batch_key, stylize, stylize_batch,
+    EarlyStop,
+    FeatureExtractor,
+    Member,
+    Network,
+    Result,
+    StyleParams,
+    batch_key,
+    stylize,
+    stylize_batch,
 )
 from nst_batch.util.errors import DivergedError, InputError
 

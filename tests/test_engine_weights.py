@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from nst_batch.engine import FeatureExtractor, fetch_weights, imagenet_file, load_network
+from nst_batch.cli.fetch import fetch_weights
+from nst_batch.engine import FeatureExtractor, imagenet_file, load_network
 from nst_batch.engine.features import CAFFE, TORCHVISION
 from nst_batch.engine.layers import LAYERS
 from nst_batch.util.errors import WeightsError

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_batch.results import gallery
-from nst_batch.results import plots
+from nst_batch.results import gallery, plots
 
 NOW = 1_750_000_000.0
 MAGENTA = (240, 0, 240)

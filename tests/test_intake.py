@@ -7,14 +7,15 @@ import pytest
 from PIL import Image
 
 from nst_batch.daemon import intake as intake_module
-from nst_batch.daemon.claims import Folders, dispose_failure
-from nst_batch.settings.config import Config
-from nst_batch.engine import StyleParams
+from nst_batch.daemon.claims import dispose_failure
+from nst_batch.daemon.folders import Folders
 from nst_batch.daemon.inbox import SidecarRefs, Submission
 from nst_batch.daemon.intake import Intake, Scan
-from nst_batch.results.outbox import gif_frame_every
 from nst_batch.daemon.store import Store
 from nst_batch.daemon.watcher import InboxWatcher
+from nst_batch.engine import StyleParams
+from nst_batch.results.result import gif_frame_every
+from nst_batch.settings.config import Config
 
 
 @pytest.fixture()
@@ -188,15 +189,3 @@ def test_a_sidecar_naming_files_with_the_wrong_type_is_a_problem_not_a_name(inta
     (intake.config.inbox / "night.yaml").write_text(text)
     refs = intake._sidecar_refs("night.yaml")
     assert refs.content is None and "night.yaml" in refs.problem and "content" in refs.problem
-
-
-def test_the_style_library_is_listed_again_only_when_it_changed(intake):
-    styles = intake.config.styles_dir
-    long_ago = (10**18, 10**18)  # 2001: a listing of then can be trusted
-    os.utime(styles, ns=long_ago)
-    assert intake._library() == ["start.png"]
-    (styles / "new.png").write_bytes(b"x")
-    os.utime(styles, ns=long_ago)  # as if unchanged: the listing is not taken again
-    assert intake._library() == ["start.png"]
-    os.utime(styles)
-    assert sorted(intake._library()) == ["new.png", "start.png"]

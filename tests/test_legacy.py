@@ -5,16 +5,14 @@ since (loss_normalization, lbfgs_max_step), and the stopped one resumes at its i
 
 import json
 import shutil
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
+from daemon_helpers import Daemon, loss_rows
 
-from daemon_helpers import Daemon, daemon_factory, loss_rows  # noqa: F401
 from nst_batch.daemon.checkpoint import load_checkpoint
-from nst_batch.engine import StyleParams
 from nst_batch.daemon.store import Store
+from nst_batch.engine import StyleParams
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main-cd387ff"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

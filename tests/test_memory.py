@@ -12,21 +12,21 @@ import pytest
 import torch
 
 from nst_batch.daemon import measure as calibration
-from nst_batch.engine import FeatureExtractor, StyleParams, load_network
-from nst_batch.engine.layers import LAYERS
 from nst_batch.daemon.memory import (
     FLOAT_BYTES,
     GIB,
-    Fit,
     MemoryModel,
     Need,
+    RunFit,
     Sample,
     activation_elements,
-    fit,
+    fit_model,
+    fit_run,
     layer_shape,
-    make_fit,
     run_need,
 )
+from nst_batch.engine import FeatureExtractor, StyleParams, load_network
+from nst_batch.engine.layers import LAYERS
 
 MIB = 1 << 20
 IMAGE = 3 * FLOAT_BYTES  # bytes of one image pixel (RGB, float32)
@@ -199,7 +199,7 @@ def raw(model: MemoryModel) -> MemoryModel:
 
 
 def test_two_samples_on_a_line_give_back_its_constant_and_slope():
-    model = fit([sample(256, 300 * MIB, 1.7), sample(512, 300 * MIB, 1.7)])
+    model = fit_model([sample(256, 300 * MIB, 1.7), sample(512, 300 * MIB, 1.7)])
     assert model.constant_bytes == pytest.approx(300 * MIB, abs=4)
     assert model.per_activation == pytest.approx(1.7, rel=1e-6)
     assert model.margin == MemoryModel().margin
@@ -209,7 +209,7 @@ def test_two_samples_on_a_line_give_back_its_constant_and_slope():
 
 
 def test_the_time_model_is_fitted_on_the_same_line():
-    model = fit([sample(256, 0, 1, seconds=(0.05, 3e-9)), sample(512, 0, 1, seconds=(0.05, 3e-9))])
+    model = fit_model([sample(256, 0, 1, seconds=(0.05, 3e-9)), sample(512, 0, 1, seconds=(0.05, 3e-9))])
     assert model.seconds_constant == pytest.approx(0.05, rel=1e-6)
     assert model.seconds_per_activation_byte == pytest.approx(3e-9, rel=1e-6)
     need = need_of(1024, optimizer="adam")
@@ -218,30 +218,30 @@ def test_the_time_model_is_fitted_on_the_same_line():
 
 def test_untimed_samples_leave_the_time_model_to_the_prior():
     prior = MemoryModel(seconds_constant=0.2, seconds_per_activation_byte=1e-9)
-    model = fit([sample(256, MIB, 1.0), sample(512, MIB, 1.0)], prior)
+    model = fit_model([sample(256, MIB, 1.0), sample(512, MIB, 1.0)], prior)
     assert (model.seconds_constant, model.seconds_per_activation_byte) == (0.2, 1e-9)
 
 
 def test_no_samples_keep_the_prior():
     prior = MemoryModel(constant_bytes=123 * MIB, per_activation=3.0)
-    assert fit([], prior) == prior
+    assert fit_model([], prior) == prior
 
 
 def test_one_sample_keeps_the_prior_constant_and_explains_itself_with_the_slope():
     prior = MemoryModel(constant_bytes=100 * MIB, per_activation=9.0)
     one = sample(512, 40 * MIB, 1.5)
-    model = fit([one], prior)
+    model = fit_model([one], prior)
     assert model.constant_bytes == pytest.approx(prior.constant_bytes, abs=1)
     assert raw(model).peak(one.need) == pytest.approx(one.peak_bytes, abs=2)
     # a sample below the prior constant cannot give a negative slope: it is simply covered
     tiny = Sample(one.need, one.need.exact_bytes + 10 * MIB, 0.1)
-    model = fit([tiny], prior)
+    model = fit_model([tiny], prior)
     assert (model.constant_bytes, model.per_activation) == (100 * MIB, 0.0)
 
 
 def test_repeated_samples_of_one_size_count_as_one_size():
     prior = MemoryModel(constant_bytes=64 * MIB)
-    model = fit([sample(256, 80 * MIB, 1.2), sample(256, 80 * MIB, 1.2, noise=8 * MIB)], prior)
+    model = fit_model([sample(256, 80 * MIB, 1.2), sample(256, 80 * MIB, 1.2, noise=8 * MIB)], prior)
     assert model.constant_bytes >= prior.constant_bytes
     assert raw(model).peak(need_of(256, optimizer="adam")) >= sample(256, 80 * MIB, 1.2, noise=8 * MIB).peak_bytes
 
@@ -255,7 +255,7 @@ def test_fit_never_predicts_below_a_sample():
         sizes = rng.sample(range(64, 4097, 16), rng.randint(1, 8))
         samples = [sample(s, constant, slope, noise=rng.gauss(0, 0.1) * constant) for s in sizes]
         samples[0] = Sample(samples[0].need, samples[0].peak_bytes + rng.randint(0, 200 * MIB), 0.0)
-        model = raw(fit(samples, MemoryModel(constant_bytes=rng.uniform(0, GIB), per_activation=rng.uniform(0, 4))))
+        model = raw(fit_model(samples, MemoryModel(constant_bytes=rng.uniform(0, GIB), per_activation=rng.uniform(0, 4))))
         assert model.per_activation >= 0 and model.constant_bytes >= 0
         for s in samples:
             assert model.peak(s.need) >= s.peak_bytes, (s, model)
@@ -264,12 +264,12 @@ def test_fit_never_predicts_below_a_sample():
 def test_a_decreasing_set_of_samples_gives_a_flat_line_above_them():
     first = sample(128, 500 * MIB, 1.0)  # a cold first run, larger than the next
     second = sample(256, 100 * MIB, 1.0)
-    model = raw(fit([first, second]))
+    model = raw(fit_model([first, second]))
     assert model.per_activation == 0.0
     assert model.peak(first.need) >= first.peak_bytes and model.peak(second.need) >= second.peak_bytes
 
 
-# --- make_fit: the too-big policies ------------------------------------------------------------
+# --- fit_run: the too-big policies ------------------------------------------------------------
 
 MODEL = MemoryModel(constant_bytes=200 * MIB, per_activation=1.5, margin=0.1)
 BIG = StyleParams(image_size=2048)  # L-BFGS, history 100
@@ -285,13 +285,13 @@ def gib_in(text: str) -> list[float]:
 
 
 def test_a_run_that_fits_is_left_alone():
-    assert make_fit(BIG, CONTENT, 1, MODEL, peak(BIG), "fail") == Fit(BIG)
-    assert make_fit(BIG, CONTENT, 1, MODEL, peak(BIG) + GIB, "downscale") == Fit(BIG)
+    assert fit_run(BIG, CONTENT, 1, MODEL, peak(BIG), "fail") == RunFit(BIG)
+    assert fit_run(BIG, CONTENT, 1, MODEL, peak(BIG) + GIB, "downscale") == RunFit(BIG)
 
 
 def test_lbfgs_history_policy_keeps_the_longest_history_that_fits():
     budget = peak(BIG.with_overrides({"lbfgs_history": 40})) + 1000
-    result = make_fit(BIG, CONTENT, 1, MODEL, budget, "lbfgs_history")
+    result = fit_run(BIG, CONTENT, 1, MODEL, budget, "lbfgs_history")
     assert result.refusal is None and result.params.lbfgs_history == 40
     assert result.params.with_overrides({"lbfgs_history": 100}) == BIG  # nothing else changed
     assert peak(result.params) <= budget < peak(result.params.with_overrides({"lbfgs_history": 41}))
@@ -302,7 +302,7 @@ def test_lbfgs_history_policy_keeps_the_longest_history_that_fits():
 def test_adam_policy_switches_the_optimizer():
     budget = peak(BIG.with_overrides({"optimizer": "adam"})) + 1000
     assert budget < peak(BIG.with_overrides({"lbfgs_history": 1}))  # so only adam could do it
-    result = make_fit(BIG, CONTENT, 1, MODEL, budget, "adam")
+    result = fit_run(BIG, CONTENT, 1, MODEL, budget, "adam")
     assert result.params.optimizer == "adam" and peak(result.params) <= budget
     assert result.params.with_overrides({"optimizer": "lbfgs"}) == BIG
     assert "optimizer: lbfgs -> adam" in result.warning
@@ -312,7 +312,7 @@ def test_adam_policy_switches_the_optimizer():
 def test_downscale_picks_the_largest_size_that_fits(content):
     budget = 3 * GIB
     assert peak(BIG, content) > budget
-    result = make_fit(BIG, content, 1, MODEL, budget, "downscale")
+    result = fit_run(BIG, content, 1, MODEL, budget, "downscale")
     size = result.params.image_size
     assert 64 <= size < 2048
     assert peak(result.params, content) <= budget < peak(BIG.with_overrides({"image_size": size + 1}), content)
@@ -323,26 +323,26 @@ def test_downscale_picks_the_largest_size_that_fits(content):
 def test_a_policy_that_cannot_help_refuses_with_the_options_that_would():
     """Adam is already the optimizer: the adam policy cannot help, the refusal says what would."""
     adam = BIG.with_overrides({"optimizer": "adam"})
-    result = make_fit(adam, CONTENT, 1, MODEL, 2 * GIB, "adam")
+    result = fit_run(adam, CONTENT, 1, MODEL, 2 * GIB, "adam")
     assert result.params is None and "image_size:" in result.refusal
 
 
 def test_fail_refuses_naming_need_budget_and_every_option_that_would_fit():
     budget = peak(BIG.with_overrides({"lbfgs_history": 40})) + 1000  # adam, a shorter history or a smaller size
-    result = make_fit(BIG, CONTENT, 1, MODEL, budget, "fail")
+    result = fit_run(BIG, CONTENT, 1, MODEL, budget, "fail")
     assert result.params is None and result.warning is None
     assert f"needs {peak(BIG) / GIB:.2f} GiB" in result.refusal
     assert f"the memory budget is {budget / GIB:.2f} GiB" in result.refusal
     assert "optimizer: adam" in result.refusal
-    history = make_fit(BIG, CONTENT, 1, MODEL, budget, "lbfgs_history").params.lbfgs_history
-    size = make_fit(BIG, CONTENT, 1, MODEL, budget, "downscale").params.image_size
+    history = fit_run(BIG, CONTENT, 1, MODEL, budget, "lbfgs_history").params.lbfgs_history
+    size = fit_run(BIG, CONTENT, 1, MODEL, budget, "downscale").params.image_size
     assert f"lbfgs_history: {history}" in result.refusal and f"image_size: {size}" in result.refusal
     assert "scheduler.memory_budget" in result.refusal
 
 
 def test_a_budget_too_small_for_anything_says_so():
     for policy in ("lbfgs_history", "adam", "downscale", "fail"):
-        result = make_fit(BIG, CONTENT, 1, MODEL, 100 * MIB, policy)
+        result = fit_run(BIG, CONTENT, 1, MODEL, 100 * MIB, policy)
         assert result.params is None
         assert "cannot fit on this device even at 64 px" in result.refusal
         assert "0.10 GiB" in result.refusal
@@ -361,5 +361,5 @@ def test_probe_measures_two_sizes_and_the_larger_needs_more(vgg19_random, one_to
     assert large.need.activation_bytes == 4 * small.need.activation_bytes
     assert large.peak_bytes > small.peak_bytes
     assert large.seconds_per_iteration > small.seconds_per_iteration
-    model = fit(samples)
+    model = fit_model(samples)
     assert raw(model).peak(large.need) >= large.peak_bytes

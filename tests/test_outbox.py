@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 
 from nst_batch.engine import LossRecord
-from nst_batch.results.outbox import loss_log_text, publish, write_gif
+from nst_batch.results.outbox import publish
+from nst_batch.results.report import JobReport, ResultReport, RunStatus
+from nst_batch.results.result import loss_log_text, write_gif
 
 
 def staged_job(outbox, job_id=7, label="cat"):
@@ -23,16 +25,16 @@ def test_publish_never_overwrites_and_is_recognised_when_repeated(tmp_path):
     staging = staged_job(outbox)
     (outbox / "cat").mkdir()
     (outbox / "cat" / "mine.txt").write_text("a person's own folder")
-    record = {"id": 7, "results": [{"label": "cat", "status": "done"}]}
+    report = JobReport(id=7, results=(ResultReport(label="cat", status=RunStatus.DONE),))
 
-    target = publish(staging, outbox, "cat", record, single_label="cat")
+    target = publish(staging, outbox, "cat", report)
 
     assert target == outbox / "cat-2"
     assert (outbox / "cat" / "mine.txt").exists()
     assert sorted(p.name for p in target.iterdir()) == ["cat.png", "job.json", "losses.csv"]
     assert json.loads((target / "job.json").read_text())["results"] == [{"label": "cat", "status": "done", "seed": 3}]
     assert not staging.exists()
-    assert publish(staging, outbox, "cat", record, single_label="cat") == target  # a retry after a crash
+    assert publish(staging, outbox, "cat", report) == target  # a retry after a crash
 
 
 def test_loss_log_columns_and_rows():
@@ -50,7 +52,7 @@ def test_gif_frames_of_growing_scales_share_the_last_size(tmp_path):
 
 def test_a_repair_and_an_early_stop_are_in_the_loss_logs_note_column():
     from nst_batch.engine import EarlyStop, Repair, Result
-    from nst_batch.results.outbox import result_notes
+    from nst_batch.results.result import result_notes
 
     history = [LossRecord(i, 1.0, 2.0, 0.0, 3.0 if i != 2 else 3e9, 0.1 * i) for i in (1, 2, 3)]
     repair = Repair(2, 0, "blow-up: the loss rose to 3e+09", 1, "lbfgs", 0.1)

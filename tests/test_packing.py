@@ -1,5 +1,5 @@
 """Several runs side by side on one device, out-of-memory errors, and runs too big to fit:
-the real runner and engine on tiny images, the service's loop without serve()."""
+the real runner and engine on tiny images, through the service's real loop in this process."""
 
 import json
 import sqlite3
@@ -8,18 +8,16 @@ import time
 
 import pytest
 import torch
+from daemon_helpers import serve_until_settled
 from PIL import Image
 
 from nst_batch.daemon import runner as runner_module
-from nst_batch.daemon.capacity import Capacity
 from nst_batch.daemon.checkpoint import save_checkpoint
-from nst_batch.settings.config import Config
-from nst_batch.engine import StyleParams, stylize
-from nst_batch.util.imagefile import read_image
-from nst_batch.daemon.runner import Runner
 from nst_batch.daemon.service import Service
 from nst_batch.daemon.store import RunSpec, Store
-from nst_batch.daemon.workers import Workers
+from nst_batch.engine import stylize
+from nst_batch.settings.config import Config
+from nst_batch.util.imagefile import read_image
 
 real_stylize = runner_module.stylize_batch
 
@@ -33,11 +31,7 @@ def make_service(tmp_path, monkeypatch, checkpoint_every: int = 25, **scheduler)
         defaults={"image_size": 32, "iterations": 2, "seed": 0, "early_stop_tol": 0},
         scheduler={"calibrate": False, **scheduler},
     )
-    service = Service(config)
-    service.runner = Runner(config, service.folders, service.folders.input_path)
-    service.capacity = Capacity(config, service.runner.device)
-    service.workers = Workers(service.runner, service.folders, service.stop, service.work.set)
-    return service
+    return Service(config)
 
 
 def queue_job(service: Service, name: str, size: tuple[int, int] = (40, 30), **overrides) -> int:
@@ -51,16 +45,6 @@ def queue_job(service: Service, name: str, size: tuple[int, int] = (40, 30), **o
     spec = RunSpec(name, f"{name}.content.png", (f"{name}.style.png",), params, {}, content_size=size)
     service.store.queue(job_id, [spec], 0, name, {})
     return job_id
-
-
-def run_until_settled(service: Service, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while service._dispatch() or service.workers.active:
-        assert time.monotonic() < deadline, "runs did not finish in time"
-        service.work.wait(0.2)
-        service.work.clear()
-        for work in service.workers.finished():
-            service._settle(work)
 
 
 def test_out_of_memory_in_one_of_three_concurrent_runs_is_retried_alone(tmp_path, monkeypatch):
@@ -81,7 +65,7 @@ def test_out_of_memory_in_one_of_three_concurrent_runs_is_retried_alone(tmp_path
         return real_stylize(*args, **kwargs)
 
     monkeypatch.setattr(runner_module, "stylize_batch", flaky_stylize)
-    run_until_settled(service)
+    serve_until_settled(service)
 
     assert [service.store.job(j).status for j in jobs] == ["done", "done", "done"]
     folders = sorted(p.name for p in service.folders.outbox.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -105,7 +89,7 @@ def test_out_of_memory_every_time_ends_in_failed_with_the_reason(tmp_path, monke
         return real_stylize(*args, **kwargs)
 
     monkeypatch.setattr(runner_module, "stylize_batch", stylize)
-    run_until_settled(service)
+    serve_until_settled(service)
     assert service.store.job(fine).status == "done"
     assert service.store.job(doomed).status == "failed"
     error = (service.folders.failed / "doomed" / "error.txt").read_text()
@@ -121,7 +105,7 @@ def test_a_run_too_big_for_the_budget_is_changed_to_fit_and_says_so(tmp_path, mo
     quick = {"iterations": 100, "early_stop_tol": 0.99, "early_stop_window": 1}
     bigger = service.config.defaults.with_overrides({"image_size": 256, **quick})
     service.store.change_params(service.store.runs(job)[0].id, bigger, None)
-    run_until_settled(service)
+    serve_until_settled(service)
     result = json.loads((service.folders.outbox / "big" / "job.json").read_text())["results"][0]
     assert result["status"] == "done" and "the budget is 0.68 GiB" in result["warning"]
     changed = {"downscale": "image_size", "adam": "optimizer", "lbfgs_history": "lbfgs_history"}[policy]
@@ -137,7 +121,7 @@ def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatc
     job = queue_job(service, "big")
     bigger = service.config.defaults.with_overrides({"image_size": 256, "iterations": 100})
     service.store.change_params(service.store.runs(job)[0].id, bigger, None)
-    run_until_settled(service)
+    serve_until_settled(service)
     error = (service.folders.failed / "big" / "error.txt").read_text()
     assert "the memory budget is 0.68 GiB" in error and "it would fit with" in error and "image_size:" in error
     service.store.close()
@@ -171,7 +155,7 @@ def test_runs_of_one_shape_go_through_as_one_batch_with_the_results_they_would_h
         for name, overrides in JOBS.items():
             queue_job(service, name, **overrides)
         batches = spy_on_batches(monkeypatch)
-        run_until_settled(service)
+        serve_until_settled(service)
         # a, b and c share a shape (adam's precision is fp32 here: performance.autocast off); d does not
         assert sorted(batches) == ([1, 1, 1, 1] if max_batch == 1 else [1, 3])
         assert all(service.store.job(job.id).status == "done" for job in service.store.jobs())
@@ -187,7 +171,7 @@ def test_a_batch_out_of_memory_retries_each_of_its_runs_alone(tmp_path, monkeypa
     service = make_service(tmp_path, monkeypatch, max_batch=4)
     jobs = [queue_job(service, name) for name in ("one", "two", "three")]
     batches = spy_on_batches(monkeypatch, fail_first=torch.OutOfMemoryError("CUDA out of memory. Tried 2.00 GiB"))
-    run_until_settled(service)
+    serve_until_settled(service)
     assert batches == [3, 1, 1, 1]
     for job in jobs:
         (run,) = service.store.runs(job)
@@ -203,7 +187,7 @@ def test_a_run_whose_image_is_not_the_recorded_shape_leaves_the_batch_and_runs_a
     image = service.folders.job_dir(turned) / "turned.content.png"
     Image.open(image).rotate(90, expand=True).save(image)  # ...but it decodes to 30 x 40
     batches = spy_on_batches(monkeypatch)
-    run_until_settled(service)
+    serve_until_settled(service)
     assert batches == [1, 1]
     assert service.store.job(fine).status == service.store.job(turned).status == "done"
     assert [service.store.runs(job)[0].attempts for job in (fine, turned)] == [1, 1]
@@ -213,16 +197,16 @@ def test_a_run_whose_image_is_not_the_recorded_shape_leaves_the_batch_and_runs_a
 def test_a_result_that_cannot_be_written_costs_only_its_own_run(tmp_path, monkeypatch):
     service = make_service(tmp_path, monkeypatch, max_batch=4)
     jobs = [queue_job(service, name) for name in ("one", "two", "three")]
-    real_write, broken = Runner._write, []
+    real_write, broken = runner_module.write_run, []
 
-    def write(self, job, run, *args):
+    def write(staging, output_format, run):
         if run.label == "two" and not broken:
             broken.append(run.label)
             raise RuntimeError("a bug while writing")
-        return real_write(self, job, run, *args)
+        return real_write(staging, output_format, run)
 
-    monkeypatch.setattr(Runner, "_write", write)
-    run_until_settled(service)
+    monkeypatch.setattr(runner_module, "write_run", write)
+    serve_until_settled(service)
     assert broken == ["two"]
     assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]
     assert [service.store.runs(job)[0].attempts for job in jobs] == [1, 2, 1]
@@ -243,7 +227,7 @@ def test_checkpoints_slower_than_the_runs_come_less_often(tmp_path, monkeypatch,
         return True
 
     monkeypatch.setattr(runner_module, "save_checkpoint", save_checkpoint)
-    run_until_settled(service)
+    serve_until_settled(service)
     assert batches == [3] and all(job.status == "done" for job in service.store.jobs())
     # Cheap saves: every run, every iteration. A save that takes 0.3 s, when six iterations of
     # the batch take about 0.2 s: the first, then none until saving is back within 5% of the time.
@@ -267,7 +251,7 @@ def test_a_run_changed_to_fit_after_its_checkpoint_starts_again_rather_than_fail
     )
     assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, [], params)
     service.store.change_params(run.id, params.with_overrides({"image_size": 24}), "shrunk to fit the device")
-    run_until_settled(service)
+    serve_until_settled(service)
     [run] = service.store.runs(job)
     assert (service.store.job(job).status, run.attempts) == ("done", 1)
     record = json.loads((service.folders.outbox / "big" / "job.json").read_text())
@@ -291,7 +275,7 @@ def test_an_error_in_one_runs_progress_costs_only_that_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(Store, "progress", progress)
     batches = spy_on_batches(monkeypatch)
-    run_until_settled(service)
+    serve_until_settled(service)
     assert broken == [two] and batches == [3, 1]
     assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]
     assert [service.store.runs(job)[0].attempts for job in jobs] == [1, 2, 1]

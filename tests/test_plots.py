@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_batch.results import plots
 from nst_batch.engine.optimize import EarlyStop, LossRecord
+from nst_batch.results import plots
+from nst_batch.results.report import ResultReport
 
 RED, GREEN, BLUE, YELLOW, MAGENTA = (230, 20, 20), (20, 200, 20), (20, 20, 230), (240, 220, 10), (230, 20, 230)
 
@@ -178,17 +179,18 @@ def test_sweep_entries_from_job_results(tmp_path):
         {"label": f"{c}_sw={sw}", "status": "done", "content": f"{c}.jpg", "styles": ["starry.jpg"], "varying": {"style_weight": sw}}
         for c in ("a", "b") for sw in (1, 2)
     ]
-    entries = plots.sweep_entries(tmp_path, results)
+    reports = lambda dicts: [ResultReport(**r) for r in dicts]  # noqa: E731
+    entries = plots.sweep_entries(tmp_path, reports(results))
     assert [values for values, _ in entries] == [
         {"content": "a", "style_weight": 1}, {"content": "a", "style_weight": 2},
         {"content": "b", "style_weight": 1}, {"content": "b", "style_weight": 2},
     ]
     assert [image.name for _, image in entries] == ["a_sw=1.png", "a_sw=2.png", "b_sw=1.png", "b_sw=2.png"]
     results[1]["status"] = "failed"
-    assert len(plots.sweep_entries(tmp_path, results)) == 3
-    assert plots.sweep_entries(tmp_path, results[:1]) == []  # one result: no sheet
+    assert len(plots.sweep_entries(tmp_path, reports(results))) == 3
+    assert plots.sweep_entries(tmp_path, reports(results[:1])) == []  # one result: no sheet
     same = [{**r, "content": "a.jpg", "varying": {}} for r in results]
-    assert plots.sweep_entries(tmp_path, same) == []  # nothing varies: no sheet
+    assert plots.sweep_entries(tmp_path, reports(same)) == []  # nothing varies: no sheet
 
 
 # --- thumbnails -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Admission and packing on a fake device: a budget, and needs in plain numbers."""
 
-from nst_batch.daemon.scheduler import Active, Candidate, admit as admit_batches
+from nst_batch.daemon.scheduler import Active, Candidate
+from nst_batch.daemon.scheduler import admit as admit_batches
 
 GIB = 1 << 30
 

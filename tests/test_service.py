@@ -1,21 +1,24 @@
-"""The main loop's parts, without a network: signals, the intake thread's supervision, and how a
-job ends. The daemon end to end is in test_daemon.py."""
+"""The main loop in this process, with a runner that runs nothing: signals, the intake thread's
+supervision, and how a job ends. The daemon end to end is in test_daemon.py."""
 
+import os
 import signal
 import threading
+import time
 
 import pytest
 import torch
+from daemon_helpers import serve_until_settled
 from loguru import logger
 
-from nst_batch.engine import StyleParams
+from nst_batch.daemon import dispatch as dispatch_module
 from nst_batch.daemon import service as service_module
-from nst_batch.settings.config import Config
-from nst_batch.daemon.runner import Outcome
-from nst_batch.daemon.capacity import Capacity
-from nst_batch.daemon.service import INTAKE_RESTART_S, Service
+from nst_batch.daemon.intake import Scan
+from nst_batch.daemon.runner import Ending, Outcome
+from nst_batch.daemon.service import Service
 from nst_batch.daemon.store import RunSpec
-from nst_batch.daemon.workers import Workers
+from nst_batch.engine import StyleParams
+from nst_batch.settings.config import Config
 
 
 class FakeRunner:
@@ -23,8 +26,11 @@ class FakeRunner:
 
     device = torch.device("cpu")
 
-    def __init__(self, outcome: Outcome):
+    def __init__(self, outcome: Outcome = Outcome(Ending.DONE)):
         self.outcome = outcome
+
+    def network(self, backbone):
+        return None, None
 
     def batch_key(self, run):
         return None
@@ -35,28 +41,28 @@ class FakeRunner:
         return [self.outcome] * len(runs)
 
 
-def run_queue(service: Service, outcome: Outcome) -> None:
-    """The main loop's work without serve(): start what fits, wait, settle."""
-    service.runner = FakeRunner(outcome)
-    service.capacity = Capacity(service.config, service.runner.device)
-    service.workers = Workers(service.runner, service.folders, service.stop, service.work.set)
-    while service._dispatch() or service.workers.active:
-        service.workers.join()
-        for work in service.workers.finished():
-            service._settle(work)
-
-
 @pytest.fixture()
-def service(tmp_path, monkeypatch):
+def make_service(tmp_path, monkeypatch):
     monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # never replace pytest's handlers
     config = Config(
         inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state", styles_dir=None,
-        scheduler={"calibrate": False},
+        scheduler={"calibrate": False}, performance={"threads": 1},
     )
-    service = Service(config)
-    yield service
-    service.stop.set()
-    service.store.close()
+    made = []
+
+    def make(outcome: Outcome = Outcome(Ending.DONE)) -> Service:
+        made.append(Service(config, runner=FakeRunner(outcome)))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.request_stop()
+        service.store.close()
+
+
+@pytest.fixture()
+def service(make_service) -> Service:
+    return make_service()
 
 
 def queued_job(service: Service, name: str = "cat") -> int:
@@ -67,72 +73,67 @@ def queued_job(service: Service, name: str = "cat") -> int:
     return job_id
 
 
-def test_the_signal_handler_only_sets_events_and_the_main_thread_says_why(service, monkeypatch):
-    handlers = {}
-    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.setdefault(signum, handler))
-    service._handle_signals()
-
-    class Locked:  # loguru, when the interrupted code holds a sink's lock
-        def __getattr__(self, name):
-            raise RuntimeError("Could not acquire internal lock because it was already in use (deadlock avoided)")
-
-    monkeypatch.setattr(service_module, "logger", Locked())
-    handlers[signal.SIGTERM](signal.SIGTERM, None)
-    assert service.stop.is_set() and service.work.is_set() and service.watcher.wake.is_set()
-
-    monkeypatch.setattr(service_module, "logger", logger)
+def test_sigterm_stops_the_loop_says_why_once_from_the_main_thread_and_restores_the_handler(tmp_path):
+    """A real SIGTERM to this process: the handler only sets events (logging there could deadlock
+    on a sink's lock), the main thread says why, and pytest's own handler is back afterwards."""
+    config = Config(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state",
+                    styles_dir=None, scheduler={"calibrate": False}, performance={"threads": 1})
+    pytest_handler = signal.getsignal(signal.SIGTERM)
     lines = []
-    sink = logger.add(lines.append, format="{message}")
+    sink = logger.add(lambda message: lines.append((message.record["thread"].name, message.record["message"])))
+    with Service(config, runner=FakeRunner()) as service:
+        def send_sigterm_once_serving() -> None:
+            while not any("nst-batch serving" in text for _, text in lines):
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=send_sigterm_once_serving, daemon=True)
+        sender.start()
+        try:
+            assert service.serve() == 0
+        finally:
+            logger.remove(sink)
+        sender.join()
+    said = [(thread, text) for thread, text in lines if "received" in text]
+    assert said == [("MainThread", "SIGTERM received: stop requested; no new run starts, the running one checkpoints")]
+    assert signal.getsignal(signal.SIGTERM) is pytest_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the intake that breaks
+def test_a_dead_intake_thread_is_restarted_and_the_watchdog_waits_for_it(service, monkeypatch):
+    events = []  # (what, monotonic time)
+    monkeypatch.setattr(service_module, "INTAKE_RESTART_S", 0.3)
+    monkeypatch.setattr(service_module, "notify", lambda *fields: events.extend((f, time.monotonic()) for f in fields))
+
+    class Intake:  # the first dies at once; the second works, and the service stops a second later
+        def __init__(self, *args):
+            events.append(("intake", time.monotonic()))
+            if sum(what == "intake" for what, _ in events) == 1:
+                raise RuntimeError("the intake broke")
+            threading.Timer(1.0, service.request_stop).start()
+
+        def tick(self):
+            return Scan(0, False)
+
+    monkeypatch.setattr(service_module, "Intake", Intake)
+    sink = logger.add(lambda m: events.append(("restart", time.monotonic())), filter=lambda r: "restarting" in r["message"])
     try:
-        service._announce_stop()
-        service._announce_stop()
+        assert service.serve() == 0
     finally:
         logger.remove(sink)
-    assert len(lines) == 1 and "SIGTERM received" in lines[0] and "stop requested" in lines[0]
-
-
-def test_a_dead_intake_thread_is_restarted_and_the_watchdog_waits_for_it(service, monkeypatch):
-    pings = []
-    monkeypatch.setattr(service_module, "notify", lambda *fields: pings.append(fields))
-    service._intake_loop = lambda: None  # an intake thread that dies at once
-    service._start_intake()
-    service._intake_thread.join()
-    service._heartbeat()
-    assert pings == []  # not restarted yet (it just started), and no watchdog ping meanwhile
-
-    keep_running = threading.Event()
-    service._intake_loop = keep_running.wait
-    service._intake_started -= INTAKE_RESTART_S
-    try:
-        service._heartbeat()
-        assert service._intake_thread.is_alive() and pings == [("WATCHDOG=1",)]
-    finally:
-        keep_running.set()
-
-
-def test_serve_gives_the_runner_the_folders_input_path(service, monkeypatch):
-    made = {}
-
-    class Runner:
-        device = torch.device("cpu")
-
-        def __init__(self, config, folders, input_path, heartbeat):
-            made["input_path"] = input_path
-
-        def network(self, backbone):
-            return None, None
-
-    monkeypatch.setattr(service_module, "Runner", Runner)
-    service.stop.set()  # serve starts, finds nothing to do, stops
-    assert service.serve() == 0
-    assert made["input_path"] == service.folders.input_path
+    died = next(when for what, when in events if what == "intake")
+    restart = next(when for what, when in events if what == "restart")
+    pings = [when for what, when in events if what == "WATCHDOG=1"]
+    assert restart - died >= 0.3  # not restarted at once...
+    assert not [when for when in pings if died < when < restart]  # ...and the watchdog was not fed meanwhile
+    assert [when for when in pings if when > restart]  # fed again once it runs
 
 
 def test_a_started_run_is_reported_and_its_job_published(service, monkeypatch):
     job_id = queued_job(service)
     statuses = []
-    monkeypatch.setattr(service_module, "notify", lambda *fields: statuses.extend(fields))
-    run_queue(service, Outcome("done"))
+    monkeypatch.setattr(dispatch_module, "notify", lambda *fields: statuses.extend(fields))
+    serve_until_settled(service)
     assert "STATUS=running cat; 0 more queued" in statuses
     assert service.store.job(job_id).status == "done"
     record = service.folders.outbox / "cat" / "job.json"
@@ -140,9 +141,10 @@ def test_a_started_run_is_reported_and_its_job_published(service, monkeypatch):
     assert '"device": "cpu"' in text and '"weights"' not in text  # the weights are per result, from each run
 
 
-def test_when_every_run_fails_the_log_goes_to_failed_with_the_inputs(service):
+def test_when_every_run_fails_the_log_goes_to_failed_with_the_inputs(make_service):
+    service = make_service(Outcome(Ending.FAILED, "not an image"))
     job_id = queued_job(service)
-    run_queue(service, Outcome("failed", "not an image"))
+    serve_until_settled(service)
     assert service.store.job(job_id).status == "failed"
     failed = service.folders.failed / "cat"
     assert sorted(p.name for p in failed.iterdir()) == ["cat.content.png", "error.txt", "log.txt"]

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from daemon_helpers import Daemon, daemon_factory, make_image  # noqa: F401
+from daemon_helpers import Daemon, make_image
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from nst_batch.engine import StyleParams
 from nst_batch.cli import status
 from nst_batch.cli.main import main
-from nst_batch.settings.config import load_config
 from nst_batch.daemon.store import RunSpec, Store
+from nst_batch.engine import StyleParams
+from nst_batch.settings.config import load_config
+from nst_batch.util.text import format_duration
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -134,4 +135,4 @@ def test_cli_status_json_and_a_bad_watch_interval(busy, tmp_path, capsys):
 
 
 def test_format_duration():
-    assert [status.format_duration(s) for s in (0, 42.4, 185, 7800)] == ["0 s", "42 s", "3 min 5 s", "2 h 10 min"]
+    assert [format_duration(s) for s in (0, 0.3, 42.4, 185, 7800)] == ["0 s", "1 s", "42 s", "3 min 5 s", "2 h 10 min"]

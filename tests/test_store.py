@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from nst_batch.engine import StyleParams
 from nst_batch.daemon.scheduler import queue_order
 from nst_batch.daemon.store import RunSpec, Store
+from nst_batch.engine import StyleParams
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nst_batch.settings.config import PerformanceConfig
 from nst_batch.engine import Speed, StyleParams, stylize
+from nst_batch.settings.config import PerformanceConfig
 from nst_batch.settings.tuning import choose_speed, cpu_threads
 
 

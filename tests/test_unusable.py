@@ -4,10 +4,10 @@ a sweep varies), then it fails with the reason, and the log and job.json say why
 
 import pytest
 import yaml
+from daemon_helpers import Daemon, make_image
 
-from daemon_helpers import Daemon, daemon_factory, make_image  # noqa: F401
+from nst_batch.daemon.finishing import another_try
 from nst_batch.engine import StyleParams
-from nst_batch.daemon.runner import another_try
 
 
 def test_another_try_takes_a_new_seed_then_the_other_optimizer():

@@ -116,7 +116,7 @@ def _given_params(args: argparse.Namespace) -> dict[str, str | bool]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..settings.config import load_config, params_with_overrides
+    from ..settings.config import ModelConfig, load_config, params_with_overrides
     from .oneshot import OneShot, run_once
 
     config = load_config(args.config, args.overrides)
@@ -126,8 +126,10 @@ def _run(args: argparse.Namespace) -> int:
         output=args.output,
         params=params_with_overrides(config.defaults, _given_params(args), source="command line"),
         device=args.device or config.device,
-        weights=args.weights or str(config.model.weights),
-        weights_format=args.weights_format or config.model.weights_format,
+        model=ModelConfig(
+            weights=args.weights or config.model.weights,
+            weights_format=args.weights_format or config.model.weights_format,
+        ),
         gif=args.gif,
         loss_log=not args.no_log,
         max_pixels=config.max_pixels,
@@ -138,9 +140,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..daemon.service import serve
     from ..settings.config import load_config
     from .logs import setup_logging
-    from ..daemon.service import serve
 
     config = load_config(args.config, args.overrides)
     log = config.log
@@ -149,8 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import status
     from ..settings.config import load_config
+    from . import status
 
     config = load_config(args.config, args.overrides)
     if args.watch is not None:
@@ -186,7 +188,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..settings.config import validate_file
+    from ..settings.check import validate_file
 
     print(validate_file(args.file))
     return 0
@@ -194,8 +196,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     """The named backbones, or with --config the one its daemon loads first, if it uses ImageNet weights."""
-    from ..engine import fetch_weights, imagenet_file
+    from ..engine import imagenet_file
     from ..engine.layers import BACKBONES
+    from .fetch import fetch_weights
 
     backbones = args.backbones
     if not backbones and args.config is not None:

@@ -8,13 +8,12 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from ..settings import tuning
-from ..settings.config import PerformanceConfig
 from ..engine import Progress, Result, StyleParams, resolve_device, stylize
+from ..results.result import gif_frame_every, write_result
+from ..settings import tuning
+from ..settings.config import ModelConfig, PerformanceConfig
 from ..util.errors import InputError
 from ..util.imagefile import WRITE_SUFFIXES, read_image
-from ..settings.model import load_model
-from ..results.outbox import gif_frame_every, write_result
 
 
 @dataclass(frozen=True)
@@ -24,8 +23,7 @@ class OneShot:
     output: Path
     params: StyleParams
     device: str = "auto"
-    weights: str = "imagenet"
-    weights_format: str = "auto"
+    model: ModelConfig = ModelConfig()
     gif: Path | None = None
     loss_log: bool = True
     max_pixels: int = 50_000_000
@@ -52,7 +50,8 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     job.params.blend_weights(len(job.styles))
     content = read_image(job.content, job.max_pixels)
     styles = [read_image(path, job.max_pixels) for path in job.styles]
-    init = None if job.params.init in ("content", "noise") else read_image(Path(job.params.init), job.max_pixels)
+    name = job.params.init_image_name
+    init = None if name is None else read_image(Path(name), job.max_pixels)
     params = job.params
     if params.weights_hint():
         logger.warning(params.weights_hint())
@@ -61,7 +60,7 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     device = resolve_device(job.device)
     tuning.apply(job.performance, device)
     speed = tuning.choose_speed(job.performance, params.optimizer, device.type, tuning.cpu_has_bf16())
-    network, weights = load_model(params.backbone, job.weights, job.weights_format, device)
+    network, weights = job.model.load(params.backbone, device)
     logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
 
     frames: list[torch.Tensor] = []

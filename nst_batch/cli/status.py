@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..settings.config import Config
 from ..daemon.store import Store
+from ..results.report import JobStatus
+from ..settings.config import Config
+from ..util.text import format_duration
 
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED)  # shown even when none
 _CLEAR = "\x1b[H\x1b[2J"
 _STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 
@@ -145,13 +147,6 @@ def watch(
     except KeyboardInterrupt:  # the way out of --watch: not an error
         stream.write("\n")
     return 0
-
-
-def format_duration(seconds: float) -> str:
-    """``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def _progress(iteration: int, total: int) -> str:

@@ -8,10 +8,10 @@ at start-up and every run that ran alone since, on this kind of device and backb
 import torch
 from loguru import logger
 
-from .measure import device_key, free_bytes, measured_need, probe
-from ..settings.config import Config
 from ..engine import Network, StyleParams
-from .memory import Fit, MemoryModel, Sample, fit, make_fit, run_need
+from ..settings.config import Config
+from .measure import device_key, free_bytes, measured_need, probe
+from .memory import MemoryModel, RunFit, Sample, fit_model, fit_run, run_need
 from .store import RunRecord, Store
 
 GPU_CONCURRENCY = 4
@@ -35,13 +35,10 @@ class Capacity:
 
     def _budget(self) -> int:
         settings = self.config.scheduler
-        free = free_bytes(self.device)
-        if settings.memory_budget is None:
-            return max(0, free - settings.reserve)
-        if self.device.type == "cuda":  # make the cap real, not only a scheduling assumption
+        if settings.memory_budget is not None and self.device.type == "cuda":  # a real cap, not only an assumption
             total = torch.cuda.get_device_properties(self.device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_budget / total), self.device)
-        return int(settings.memory_budget)
+        return settings.budget(free_bytes(self.device))
 
     def calibrate(self, store: Store, network: Network, backbone: str) -> None:
         """Short probe runs on this device, kept as samples the model is fitted to."""
@@ -58,7 +55,7 @@ class Capacity:
     def model(self, store: Store, backbone: str) -> MemoryModel:
         if backbone not in self._models:
             prior = MemoryModel(margin=MARGIN[self.device.type])
-            self._models[backbone] = fit(store.samples(self.device_key, backbone), prior)
+            self._models[backbone] = fit_model(store.samples(self.device_key, backbone), prior)
         return self._models[backbone]
 
     def need(self, store: Store, run: RunRecord) -> int:
@@ -69,11 +66,11 @@ class Capacity:
         """The part of the run's need that a batch pays once: the model's constant."""
         return self.model(store, run.params.backbone).shared_bytes()
 
-    def fit_alone(self, store: Store, run: RunRecord) -> Fit:
+    def fit_alone(self, store: Store, run: RunRecord) -> RunFit:
         """The run as it is if it fits the budget alone, else changed by the too_big policy, or refused."""
         params = run.params
         model = self.model(store, params.backbone)
-        return make_fit(params, run.content_size, len(run.styles), model, self.budget, self.config.scheduler.too_big)
+        return fit_run(params, run.content_size, len(run.styles), model, self.budget, self.config.scheduler.too_big)
 
     def learn(
         self, store: Store, run: RunRecord, peak_bytes: int, iterations: int, last_scale: int, seconds: float, fp32: bool

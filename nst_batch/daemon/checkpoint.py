@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from ..util.atomicio import atomic_path
 from ..engine import RunState, StyleParams
+from ..util.atomicio import atomic_path
 
 CHECKPOINT_SHARE = 0.05  # of the time since a batch started, at most, spent saving its checkpoints
 

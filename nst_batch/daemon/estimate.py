@@ -5,11 +5,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .measure import device_key, free_bytes
-from ..settings.config import Config
 from ..engine import StyleParams, resolve_device
+from ..settings.config import Config
 from ..util.imagefile import image_size
-from .memory import MemoryModel, describe_duration, fit, run_need, run_seconds
+from ..util.text import format_duration
+from .measure import device_key, free_bytes
+from .memory import MemoryModel, fit_model, run_need, run_seconds
 from .store import Store
 
 
@@ -34,12 +35,7 @@ def _model(config: Config, device_name: str, backbone: str) -> tuple[MemoryModel
         samples = store.samples(device_name, backbone)
     finally:
         store.close()
-    return fit(samples), bool(samples)
-
-
-def _budget(config: Config, device) -> int:
-    settings = config.scheduler
-    return int(settings.memory_budget) if settings.memory_budget is not None else free_bytes(device) - settings.reserve
+    return fit_model(samples), bool(samples)
 
 
 def one_job(config: Config, params: StyleParams, content: Path, styles: list[Path]) -> Estimate:
@@ -49,7 +45,7 @@ def one_job(config: Config, params: StyleParams, content: Path, styles: list[Pat
         image_size(style, config.max_pixels)
     model, calibrated = _model(config, device_key(device), params.backbone)
     need = run_need(params, (width, height), len(styles))
-    peak, budget = model.peak(need), _budget(config, device)
+    peak, budget = model.peak(need), config.scheduler.budget(free_bytes(device))
     seconds = run_seconds(params, (width, height), len(styles), model)
     return Estimate(peak, seconds, str(device), budget, peak <= budget, calibrated, 1, need.width, need.height)
 
@@ -73,20 +69,21 @@ def queue(config: Config) -> Estimate:
         calibrated &= known
         peak = max(peak, model.peak(run_need(params, run.content_size, len(run.styles))))
         seconds += run_seconds(params, run.content_size, len(run.styles), model)
-    return Estimate(int(peak), seconds, str(device), _budget(config, device), peak <= _budget(config, device), calibrated, len(runs))
+    budget = config.scheduler.budget(free_bytes(device))
+    return Estimate(int(peak), seconds, str(device), budget, peak <= budget, calibrated, len(runs))
 
 
 def render(estimate: Estimate, what: str) -> str:
     guess = "" if estimate.calibrated else " (a guess: this device is not calibrated yet; run `nst-batch serve` once)"
     if what == "queue":
         return (
-            f"{estimate.runs} run(s) queued, about {describe_duration(estimate.seconds)} on {estimate.device} one at a "
+            f"{estimate.runs} run(s) queued, about {format_duration(estimate.seconds)} on {estimate.device} one at a "
             f"time; the largest needs {estimate.peak_bytes / 2**30:.2f} GiB of {estimate.budget_bytes / 2**30:.2f} GiB{guess}"
         )
     verdict = "fits" if estimate.fits else "does NOT fit (see scheduler.too_big)"
     return (
         f"{estimate.width} x {estimate.height} px: peak about {estimate.peak_bytes / 2**30:.2f} GiB, which {verdict} "
-        f"the budget of {estimate.budget_bytes / 2**30:.2f} GiB; about {describe_duration(estimate.seconds)} on "
+        f"the budget of {estimate.budget_bytes / 2**30:.2f} GiB; about {format_duration(estimate.seconds)} on "
         f"{estimate.device}{guess}"
     )
 

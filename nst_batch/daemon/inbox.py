@@ -29,34 +29,23 @@ What is refused, and when (nothing is claimed, refused or not, before its files 
   would tell why it never arrived.
 """
 
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+
+from ..util.names import safe_name, unsafe_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SIDECAR_SUFFIXES = (".yaml", ".yml")
 FOLDER_SIDECAR = "job.yaml"
 LIBRARY_PREFIX = "styles/"  # how a submission refers to the style library
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")  # something may still be writing these
-# Control characters, undecodable bytes (surrogate escapes), line and paragraph separators.
-_UNSAFE_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
 
 
 def is_ignored(name: str) -> bool:
     """Files that are never ours: hidden, partial downloads, editor backups, temporaries."""
     return name.startswith(".") or name.endswith((*PARTIAL_SUFFIXES, "~"))
-
-
-def unsafe_name(path: str) -> bool:
-    """Whether a name has a character no picture is meant to be named with (see the module doc)."""
-    return any(unicodedata.category(char) in _UNSAFE_CATEGORIES for char in path)
-
-
-def _safe(name: str) -> str:
-    """A refused job's name, fit for a folder name and a log line."""
-    return "".join("_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in name)
 
 
 def is_litter(name: str) -> bool:
@@ -316,7 +305,7 @@ def _folder(name: str, files: Mapping[str, Entry], pair_timeout: float, result: 
     sidecar = f"{name}/{FOLDER_SIDECAR}" if FOLDER_SIDECAR in files else None
     result.add(
         Submission(
-            _safe(name), "folder", owned, tuple(f"{name}/{c}" for c in contents),
+            safe_name(name), "folder", owned, tuple(f"{name}/{c}" for c in contents),
             tuple(f"{name}/{s}" for s in styles), sidecar, problem,
         )
     )
@@ -332,7 +321,7 @@ def _leftover(entry: Entry, unreadable: str | None, pair_timeout: float, result:
     suffix = PurePosixPath(entry.path).suffix.lower()
     if unsafe_name(entry.path):
         reason = f"{entry.path!r}: a control character, a line break or bytes that are not UTF-8 in the name; rename it"
-        result.add(Submission(_safe(_stem_and_role(entry.path)[0]), "refused", (entry.path,), problem=reason))
+        result.add(Submission(safe_name(_stem_and_role(entry.path)[0]), "refused", (entry.path,), problem=reason))
         return
     if suffix in IMAGE_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         if not _waited_too_long([entry], pair_timeout):

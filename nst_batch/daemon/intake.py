@@ -17,18 +17,20 @@ from pathlib import Path, PurePosixPath
 from loguru import logger
 from pydantic import ValidationError
 
-from .claims import Folders, dispose_failure, move_in, unique_child
-from ..settings.config import Config, format_validation_error
 from ..engine import StyleParams
+from ..results.result import gif_frame_every
+from ..settings.config import Config
+from ..settings.problems import format_validation_error
+from ..settings.sidecar import Sidecar, SidecarJob, load_sidecar
+from ..settings.yamlfile import load_yaml
 from ..util.errors import InputError, NstBatchError
 from ..util.imagefile import image_size
-from .inbox import LIBRARY_PREFIX, SIDECAR_SUFFIXES, SidecarRefs, Submission, is_ignored, plan
-from ..results.outbox import gif_frame_every
 from ..util.text import format_value
-from ..settings.sidecar import Sidecar, SidecarJob, load_sidecar
+from .claims import dispose_failure, move_in, unique_child
+from .folders import Folders
+from .inbox import LIBRARY_PREFIX, SIDECAR_SUFFIXES, SidecarRefs, Submission, is_ignored, plan
 from .store import JobRecord, RunSpec, Store
 from .watcher import InboxWatcher
-from ..settings.yamlfile import load_yaml
 
 # A listing taken in the same clock tick as a change to the folder could miss that change while
 # the folder's mtime stays the same, so a listing is reused only once its mtime is this old.
@@ -154,10 +156,10 @@ class Intake:
             if hint:
                 logger.bind(job=job.label).warning(f"{job.name}: {hint}")
         for _, params in combinations:
-            if params.init not in ("content", "noise"):
-                if "/" in params.init or "\\" in params.init:
-                    raise InputError(f"init {params.init!r}: name a file of the style library, without a folder")
-                image_size(self.folders.input_path(job.id, LIBRARY_PREFIX + params.init), self.config.max_pixels)
+            if (name := params.init_image_name) is not None:
+                if "/" in name or "\\" in name:
+                    raise InputError(f"init {name!r}: name a file of the style library, without a folder")
+                image_size(self.folders.input_path(job.id, LIBRARY_PREFIX + name), self.config.max_pixels)
         _deduplicate_labels(runs)
         return runs, sidecar.priority if sidecar else 0, (sidecar.name if sidecar and sidecar.name else job.name)
 

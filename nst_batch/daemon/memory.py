@@ -129,7 +129,7 @@ class MemoryModel:
         return self.seconds_constant + self.seconds_per_activation_byte * need.activation_bytes
 
 
-def fit(samples: Sequence[Sample], prior: MemoryModel = MemoryModel()) -> MemoryModel:
+def fit_model(samples: Sequence[Sample], prior: MemoryModel = MemoryModel()) -> MemoryModel:
     """Coefficients that explain the measured samples, never predicting below any of them.
 
     Two or more samples of different sizes give a least-squares line (constant, per activation
@@ -185,7 +185,7 @@ POLICIES = ("lbfgs_history", "adam", "downscale", "fail")
 
 
 @dataclass(frozen=True)
-class Fit:
+class RunFit:
     """A run's parameters changed so it fits (``changes`` and a warning), or why it cannot."""
 
     params: StyleParams | None
@@ -193,20 +193,20 @@ class Fit:
     refusal: str | None = None
 
 
-def make_fit(
+def fit_run(
     params: StyleParams, content_size: tuple[int, int], n_styles: int, model: MemoryModel, budget: int, policy: str
-) -> Fit:
+) -> RunFit:
     """Apply the config's ``too_big`` policy to a run that needs more than ``budget`` alone."""
     needed = model.peak(run_need(params, content_size, n_styles))
     if needed <= budget:
-        return Fit(params)
+        return RunFit(params)
     options = _options(params, content_size, n_styles, model, budget)
     if policy != "fail" and policy in options:
         changed = params.with_overrides(options[policy])
         change = ", ".join(f"{k}: {getattr(params, k)} -> {v}" for k, v in options[policy].items())
-        return Fit(changed, warning=f"needs {_gib(needed)} alone, the budget is {_gib(budget)}: changed {change} to fit")
+        return RunFit(changed, warning=f"needs {_gib(needed)} alone, the budget is {_gib(budget)}: changed {change} to fit")
     hints = "; ".join(", ".join(f"{k}: {v}" for k, v in change.items()) for change in options.values())
-    return Fit(
+    return RunFit(
         None,
         refusal=f"needs {_gib(needed)}, the memory budget is {_gib(budget)}"
         + (f"; it would fit with {hints}" if hints else "; it cannot fit on this device even at 64 px")
@@ -244,11 +244,3 @@ def _largest(low: int, high: int, ok) -> int | None:
 
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.2f} GiB"
-
-
-def describe_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(1, round(seconds))} s"
-    minutes, _ = divmod(int(seconds + 59), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"

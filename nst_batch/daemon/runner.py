@@ -1,67 +1,69 @@
 """Runs through the engine: read their inputs, resume from their checkpoints, report progress,
-checkpoint every N iterations, stop when asked, and leave their files in their jobs' staging
-folders. Runs of one shape may go through together, as one batch (``engine.stylize_batch``);
-each still ends on its own. The network of each backbone is loaded once and kept."""
+checkpoint every N iterations, stop when asked, and hand their results to the results layer,
+which writes them into their jobs' staging folders. Runs of one shape may go through together,
+as one batch (``engine.stylize_batch``); each still ends on its own. The network of each backbone is loaded once and kept."""
 
 import errno
 import gc
-import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
+from enum import Enum
+from pathlib import Path
 
 import torch
 from loguru import logger
 
-from ..util.atomicio import atomic_write
-from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
-from .claims import Folders
-from ..settings.config import Config
-from ..settings import tuning
-from ..engine.checks import result_problem
 from ..engine import (
-    Member, Network, Progress, Result, Speed, StyleParams, WeightsInfo, batch_key, resolve_device, stylize_batch,
+    Member,
+    Network,
+    Progress,
+    Result,
+    Speed,
+    StyleParams,
+    WeightsInfo,
+    batch_key,
+    resolve_device,
+    stylize_batch,
 )
+from ..engine.checks import result_problem
+from ..results.result import FinishedRun, write_run
+from ..settings import tuning
+from ..settings.config import Config
 from ..util.errors import NstBatchError
 from ..util.imagefile import read_image
-from ..settings.model import load_model
+from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
+from .folders import Folders
 from .inbox import LIBRARY_PREFIX
-from ..results.outbox import result_files, write_result
-from ..results.plots import write_compare, write_loss_plot
 from .store import JobRecord, RunRecord, Store
 
 PROGRESS_EVERY_S = 1.0
 
 
+class Ending(str, Enum):
+    """How an attempt at a run ended; the finisher decides what each means for the run."""
+
+    DONE = "done"
+    STOPPED = "stopped"  # the daemon is stopping: checkpointed, to resume
+    FAILED = "failed"  # the input or the parameters: trying again cannot help
+    RETRY = "retry"  # something unexpected: worth another attempt
+    OUT_OF_MEMORY = "out_of_memory"
+    NO_SPACE = "no_space"  # a full disk: not the run's fault
+    UNUSABLE = "unusable"  # a result that is no picture (black, flat, unchanged)
+
+
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | stopped | failed | retry | out_of_memory | no_space | unusable
+    """An attempt's end, with what the memory model and the store learn from it."""
+
+    ending: Ending
     error: str | None = None
     iterations: int = 0  # done by the end, all scales together
     last_scale_iterations: int = 0  # how deep the L-BFGS history got
     seconds: float = 0.0
     fp32: bool = True  # ran without reduced precision: its peak can teach the memory model
-
-
-def another_try(params: StyleParams, attempt: int, varying: Mapping[str, Any]) -> tuple[StyleParams, str] | None:
-    """Parameters for trying an unusable result again (pure): another seed at the first retry,
-    the other optimizer at the second, never a key the result is named by (a sweep's ``varying``);
-    and what changed, for the run's warning. None: nothing is left to try."""
-    tries = []
-    if "seed" not in varying:
-        seed = (params.seed if params.seed is not None else 0) + 1
-        tries.append(({"seed": seed}, f"seed {seed}"))
-    if "optimizer" not in varying and "lr" not in varying:
-        other = "adam" if params.optimizer == "lbfgs" else "lbfgs"
-        tries.append(({"optimizer": other, "lr": None}, f"optimizer {other}"))
-    if attempt > len(tries):
-        return None
-    change, text = tries[attempt - 1]
-    return params.with_overrides(change), text
 
 
 class Runner:
@@ -89,8 +91,7 @@ class Runner:
 
     def _network(self, backbone: str) -> tuple[Network, WeightsInfo]:
         if backbone not in self._networks:
-            model = self.config.model
-            self._networks[backbone] = load_model(backbone, str(model.weights), model.weights_format, self.device)
+            self._networks[backbone] = self.config.model.load(backbone, self.device)
         return self._networks[backbone]
 
     def batch_key(self, run: RunRecord) -> Hashable | None:
@@ -127,8 +128,8 @@ class Runner:
             seat.content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
             init = None
-            if seat.params.init not in ("content", "noise"):  # in the daemon, a file of the style library
-                init = read_image(self.input_path(job.id, LIBRARY_PREFIX + seat.params.init), self.config.max_pixels)
+            if (name := seat.params.init_image_name) is not None:  # in the daemon, a file of the style library
+                init = read_image(self.input_path(job.id, LIBRARY_PREFIX + name), self.config.max_pixels)
             seat.weights = self.network(seat.params.backbone)[1]
         except Exception as error:
             seat.outcome = self._failure(seat, error)
@@ -158,23 +159,23 @@ class Runner:
             failures = [self._failure(seat, error) for seat in seats]
         else:
             return [self._failure(seat, e) if isinstance(e, Exception) else e for seat, e in zip(seats, endings)]
-        if failures[0].status == "out_of_memory":
+        if failures[0].ending == Ending.OUT_OF_MEMORY:
             # Outside the except block: the traceback, whose frames hold the batch's tensors, is gone.
             self._release_memory(seats)
         return failures
 
     def _failure(self, seat: "_Seat", error: Exception) -> Outcome:
         if isinstance(error, NstBatchError):  # the input or the parameters: retrying cannot help
-            return Outcome("failed", str(error))
+            return Outcome(Ending.FAILED, str(error))
         if _no_space(error):
             seat.log.warning(f"{seat.run.label}: {error}")
-            return Outcome("no_space", f"no space left: {error}")
+            return Outcome(Ending.NO_SPACE, f"no space left: {error}")
         if _out_of_memory(error):
             shortage = f"out of memory: {str(error).splitlines()[0][:300]}"
             seat.log.warning(f"{seat.run.label}: {shortage}")
-            return Outcome("out_of_memory", shortage)
+            return Outcome(Ending.OUT_OF_MEMORY, shortage)
         seat.log.opt(exception=error).error(f"{seat.run.label}: unexpected error")
-        return Outcome("retry", f"{type(error).__name__}: {error}")
+        return Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")
 
     def _release_memory(self, seats: list["_Seat"]) -> None:
         for seat in seats:
@@ -197,22 +198,26 @@ class Runner:
             saved = save_checkpoint(checkpoint, result.state, seat.frames, params, log)
             saved = "saved" if saved else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
-            return Outcome("stopped")
+            return Outcome(Ending.STOPPED)
         for repair in result.repairs:
             log.warning(f"{run.label}: {repair.describe()}")
         history = result.history
         problem = result_problem(result.image, seat.content, _start_image(seat), history[-1].iteration, history[0].total)
         if problem is not None:
             log.warning(f"{run.label}: {problem}")
-            return Outcome("unusable", problem)
+            return Outcome(Ending.UNUSABLE, problem)
+        finished = FinishedRun(
+            seat.job.label, run.label, run.content, run.styles, run.varying, params, seat.weights,
+            self.speed(params).autocast or "fp32", result, seat.content, seat.member.styles, frame_pictures(seat.frames),
+        )
         try:
-            self._write(seat.job, run, params, seat.weights, result, seat.frames, seat.content, seat.member.styles)
+            write_run(self.folders.staging_dir(seat.job.id), self.config.output_format, finished)
         except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
-            return Outcome("no_space" if _no_space(error) else "retry", f"could not write the result: {error}")
+            return Outcome(Ending.NO_SPACE if _no_space(error) else Ending.RETRY, f"could not write the result: {error}")
         final = result.history[-1]
         log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
         last_scale = final.iteration - result.scale_starts[-1]
-        return Outcome("done", None, final.iteration, last_scale, final.elapsed_s, self.speed(params).autocast is None)
+        return Outcome(Ending.DONE, None, final.iteration, last_scale, final.elapsed_s, self.speed(params).autocast is None)
 
     def _progress(
         self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
@@ -239,40 +244,6 @@ class Runner:
             return stop.is_set()
 
         return on_progress
-
-    def _write(self, job, run, params, weights, result, frames, content, styles) -> None:
-        files = result_files(self.folders.staging_dir(job.id), run.label, self.config.output_format)
-        files.image.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"job": job.label, "content": run.content, "styles": list(run.styles), "varying": run.varying}
-        write_result(result, params, weights, files.image, files.losses, files.gif, frame_pictures(frames), extra)
-        self._draw(job, run, result, content, styles, files)
-        final = result.history[-1]
-        summary = {
-            "label": run.label,
-            "seed": result.seed,
-            "iterations": final.iteration,
-            "seconds": round(final.elapsed_s, 3),
-            "final_losses": vars(final),
-            "scale_starts": result.scale_starts,
-            "early_stop": [s.describe() for s in result.early_stops] or None,
-            "repairs": [r.describe() for r in result.repairs] or None,
-            "weights": weights.describe(),
-            "pretrained_weights": weights.pretrained,
-            "precision": self.speed(params).autocast or "fp32",
-        }
-        atomic_write(files.summary, _json(summary))
-
-
-    def _draw(self, job, run, result, content, styles, files) -> None:
-        """The pictures of a result: its loss curves and content | style | result."""
-        names = [PurePosixPath(run.content).name, *(PurePosixPath(s).name for s in run.styles), "result"]
-        try:
-            write_loss_plot(files.plot, result.history, result.scale_starts, result.early_stops, title=run.label)
-            write_compare(files.compare, content, styles, result.image, captions=names)
-        except OSError:
-            raise  # a full disk: the same retry as every other write
-        except Exception:  # a picture that cannot be drawn must not cost the result
-            logger.bind(job=job.label).exception(f"{run.label}: could not draw losses.png or compare.jpg")
 
 
 @dataclass
@@ -307,10 +278,6 @@ def _start_image(seat: "_Seat") -> torch.Tensor | None:
     if init == "noise":
         return None
     return seat.content if init == "content" else seat.member.init_image
-
-
-def _json(data) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
 def _no_space(error: Exception) -> bool:

@@ -1,8 +1,9 @@
 """The durable record of every job: SQLite (WAL) in ``state_dir/jobs.sqlite3``.
 
 A job is what a person dropped (a pair, a folder, a sidecar); it has one run per result
-(each content x style x sweep combination). Statuses: claiming -> queued -> running ->
-done | failed, for jobs and runs alike (runs skip claiming). Each thread opens its own Store.
+(each content x style x sweep combination). Their states are ``JobStatus`` and ``RunStatus``,
+stored as their string values. Each thread opens its own Store. Records leave it typed: the
+parameters of a run are ``StyleParams``, validated once, here.
 """
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import StyleParams
+from ..results.report import ACTIVE, JobStatus, RunStatus
 from .memory import Need, Sample
 
 _SCHEMA = """
@@ -76,15 +78,14 @@ CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has 
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
 """
 
-ACTIVE = ("queued", "running")
-
-
 @dataclass(frozen=True)
 class JobRecord:
+    """A job as the store has it: what it owns and how far it got."""
+
     id: int
     name: str
     kind: str
-    status: str
+    status: JobStatus
     priority: int
     files: tuple[str, ...]
     hashes: dict[str, str]
@@ -102,11 +103,13 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class RunRecord:
+    """A run as the store has it: from queued to its end, with its attempts and progress."""
+
     id: int
     job_id: int
     idx: int
     label: str
-    status: str
+    status: RunStatus
     content: str
     styles: tuple[str, ...]
     params: StyleParams  # validated once, here: a field an older record lacks keeps its old meaning
@@ -145,6 +148,7 @@ class RunSpec:
 
 def _job(row: sqlite3.Row) -> JobRecord:
     data = dict(row)
+    data["status"] = JobStatus(data["status"])
     data["files"] = tuple(json.loads(data["files"]))
     data["hashes"] = json.loads(data["hashes"])
     data["spec"] = json.loads(data["spec"])
@@ -153,6 +157,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
 
 def _run(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
+    data["status"] = RunStatus(data["status"])
     data["styles"] = tuple(json.loads(data["styles"]))
     data["params"] = StyleParams.from_stored(json.loads(data["params"]))
     data["varying"] = json.loads(data["varying"])
@@ -189,8 +194,8 @@ class Store:
         now = time.time()
         cursor = self.db.execute(
             "INSERT INTO jobs (name, kind, status, files, sidecar, spec, created, updated) "
-            "VALUES (?, ?, 'claiming', ?, ?, ?, ?, ?)",
-            (name, kind, json.dumps(list(files)), sidecar, json.dumps(spec), now, now),
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, kind, JobStatus.CLAIMING, json.dumps(list(files)), sidecar, json.dumps(spec), now, now),
         )
         return int(cursor.lastrowid)
 
@@ -199,16 +204,16 @@ class Store:
             db.execute("DELETE FROM runs WHERE job_id = ?", (job_id,))
             db.executemany(
                 "INSERT INTO runs (job_id, idx, label, status, content, styles, params, varying, content_width, "
-                "content_height) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "content_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, i, r.label, r.content, json.dumps(list(r.styles)), json.dumps(r.params.stored()),
+                    (job_id, i, r.label, RunStatus.QUEUED, r.content, json.dumps(list(r.styles)), json.dumps(r.params.stored()),
                      json.dumps(r.varying), *r.content_size)
                     for i, r in enumerate(runs)
                 ],
             )
             db.execute(
-                "UPDATE jobs SET status='queued', priority=?, outbox_name=?, hashes=?, updated=? WHERE id=?",
-                (priority, outbox_name, json.dumps(hashes), time.time(), job_id),
+                "UPDATE jobs SET status=?, priority=?, outbox_name=?, hashes=?, updated=? WHERE id=?",
+                (JobStatus.QUEUED, priority, outbox_name, json.dumps(hashes), time.time(), job_id),
             )
 
     def record_error(self, job_id: int, error: str) -> None:
@@ -216,7 +221,7 @@ class Store:
         with this reason."""
         self.db.execute("UPDATE jobs SET error=?, updated=? WHERE id=?", (error, time.time(), job_id))
 
-    def set_job_status(self, job_id: int, status: str, error: str | None = None) -> None:
+    def set_job_status(self, job_id: int, status: JobStatus, error: str | None = None) -> None:
         self.db.execute(
             "UPDATE jobs SET status=?, error=COALESCE(?, error), updated=? WHERE id=?",
             (status, error, time.time(), job_id),
@@ -227,11 +232,11 @@ class Store:
     def requeue_interrupted(self) -> int:
         """After a crash or stop: what was running is queued again (its checkpoint survives)."""
         with self._transaction() as db:
-            count = db.execute("UPDATE runs SET status='queued' WHERE status='running'").rowcount
-            db.execute("UPDATE jobs SET status='queued' WHERE status='running'")
+            count = db.execute("UPDATE runs SET status=? WHERE status=?", (RunStatus.QUEUED, RunStatus.RUNNING)).rowcount
+            db.execute("UPDATE jobs SET status=? WHERE status=?", (JobStatus.QUEUED, JobStatus.RUNNING))
         return count
 
-    def jobs(self, *statuses: str) -> list[JobRecord]:
+    def jobs(self, *statuses: JobStatus) -> list[JobRecord]:
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY id", statuses)
         return [_job(r) for r in rows]
@@ -257,15 +262,15 @@ class Store:
         first ``limit`` of them, or all."""
         rows = self.db.execute(
             "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id "
-            "WHERE runs.status='queued' AND jobs.status IN ('queued', 'running') "
+            "WHERE runs.status=? AND jobs.status IN (?, ?) "
             "ORDER BY jobs.priority DESC, runs.job_id, runs.idx LIMIT ?",
-            (-1 if limit is None else limit,),
+            (RunStatus.QUEUED, *ACTIVE, -1 if limit is None else limit),
         )
         return [_run(r) for r in rows]
 
     def has_active_runs(self, job_id: int) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM runs WHERE job_id=? AND status IN ('queued', 'running') LIMIT 1", (job_id,)
+            "SELECT 1 FROM runs WHERE job_id=? AND status IN (?, ?) LIMIT 1", (job_id, RunStatus.QUEUED, RunStatus.RUNNING)
         ).fetchone()
         return row is not None
 
@@ -273,10 +278,10 @@ class Store:
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "UPDATE runs SET status='running', attempts=attempts+1, started=COALESCE(started, ?) WHERE id=?",
-                (now, run.id),
+                "UPDATE runs SET status=?, attempts=attempts+1, started=COALESCE(started, ?) WHERE id=?",
+                (RunStatus.RUNNING, now, run.id),
             )
-            db.execute("UPDATE jobs SET status='running', updated=? WHERE id=?", (now, run.job_id))
+            db.execute("UPDATE jobs SET status=?, updated=? WHERE id=?", (JobStatus.RUNNING, now, run.job_id))
 
     def progress(self, run_id: int, iteration: int, total_iterations: int, loss: float) -> None:
         self.db.execute(
@@ -285,21 +290,21 @@ class Store:
 
     def finish_run(self, run_id: int, seconds: float, peak_bytes: int | None) -> None:
         self.db.execute(
-            "UPDATE runs SET status='done', finished=?, seconds=?, peak_bytes=?, error=NULL WHERE id=?",
-            (time.time(), seconds, peak_bytes, run_id),
+            "UPDATE runs SET status=?, finished=?, seconds=?, peak_bytes=?, error=NULL WHERE id=?",
+            (RunStatus.DONE, time.time(), seconds, peak_bytes, run_id),
         )
 
     def fail_run(self, run_id: int, error: str, retry: bool) -> None:
         self.db.execute(
             "UPDATE runs SET status=?, error=?, finished=? WHERE id=?",
-            ("queued" if retry else "failed", error, None if retry else time.time(), run_id),
+            (RunStatus.QUEUED if retry else RunStatus.FAILED, error, None if retry else time.time(), run_id),
         )
 
     def requeue_run(self, run_id: int, error: str | None = None) -> None:
         """Back to the queue without counting an attempt (the daemon is stopping, the disk is full)."""
         self.db.execute(
-            "UPDATE runs SET status='queued', attempts=MAX(attempts-1, 0), error=COALESCE(?, error) WHERE id=?",
-            (error, run_id),
+            "UPDATE runs SET status=?, attempts=MAX(attempts-1, 0), error=COALESCE(?, error) WHERE id=?",
+            (RunStatus.QUEUED, error, run_id),
         )
 
     def change_params(self, run_id: int, params: StyleParams, warning: str | None) -> None:
@@ -311,7 +316,7 @@ class Store:
         it. ``refund_attempt`` when the run's batch, not the run, was too big."""
         self.db.execute(
             "UPDATE runs SET status=?, error=?, alone=1, finished=?, attempts=MAX(attempts-?, 0) WHERE id=?",
-            ("queued" if retry else "failed", error, None if retry else time.time(), int(refund_attempt), run_id),
+            (RunStatus.QUEUED if retry else RunStatus.FAILED, error, None if retry else time.time(), int(refund_attempt), run_id),
         )
 
     # --- what the memory model learns from ---------------------------------------------------
@@ -338,22 +343,24 @@ class Store:
 
     # --- reporting ------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each state (states without one left out)."""
         rows = self.db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
-        return {row["status"]: row["n"] for row in rows}
+        return {JobStatus(row["status"]): row["n"] for row in rows}
 
-    def run_counts(self) -> dict[str, int]:
+    def run_counts(self) -> dict[RunStatus, int]:
         rows = self.db.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
-        return {row["status"]: row["n"] for row in rows}
+        return {RunStatus(row["status"]): row["n"] for row in rows}
 
     def running_runs(self) -> list[RunRecord]:
         rows = self.db.execute(
-            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id=runs.job_id WHERE runs.status='running'"
+            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id=runs.job_id WHERE runs.status=?",
+            (RunStatus.RUNNING,),
         )
         return [_run(r) for r in rows]
 
     def recent_failures(self, limit: int = 5) -> list[JobRecord]:
-        rows = self.db.execute("SELECT * FROM jobs WHERE status='failed' ORDER BY updated DESC LIMIT ?", (limit,))
+        rows = self.db.execute("SELECT * FROM jobs WHERE status=? ORDER BY updated DESC LIMIT ?", (JobStatus.FAILED, limit))
         return [_job(r) for r in rows]
 
     def all_jobs(self) -> list[JobRecord]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from loguru import logger
 
+from .folders import Folders
 from .measure import PeakMeter
-from .claims import Folders
-from .runner import Outcome, Runner
+from .runner import Ending, Outcome, Runner
 from .store import JobRecord, RunRecord, Store
 
 
@@ -78,7 +78,7 @@ class Workers:
         except Exception as error:  # a bug, not the runs' fault: report it as a retry
             for job, run in work.runs:
                 logger.bind(job=job.label).opt(exception=error).error(f"{run.label}: worker failed")
-            work.outcomes = [Outcome("retry", f"{type(error).__name__}: {error}")] * len(work.runs)
+            work.outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
             self.on_finished()

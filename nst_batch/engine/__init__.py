@@ -7,13 +7,22 @@
 from .devices import resolve_device
 from .features import FeatureExtractor, Network, Speed
 from .optimize import (
-    EarlyStop, LossRecord, Member, Progress, Repair, Result, RunState, batch_key, stylize, stylize_batch,
+    EarlyStop,
+    LossRecord,
+    Member,
+    Progress,
+    Repair,
+    Result,
+    RunState,
+    batch_key,
+    stylize,
+    stylize_batch,
 )
 from .params import StyleParams
-from .weights import WeightsInfo, fetch_weights, imagenet_file, load_network
+from .weights import WeightsInfo, imagenet_file, imagenet_url, load_network
 
 __all__ = [
     "EarlyStop", "FeatureExtractor", "LossRecord", "Member", "Network", "Progress", "Repair", "Result", "RunState", "Speed",
-    "StyleParams", "WeightsInfo", "batch_key", "fetch_weights", "imagenet_file", "load_network", "resolve_device",
+    "StyleParams", "WeightsInfo", "batch_key", "imagenet_file", "imagenet_url", "load_network", "resolve_device",
     "stylize", "stylize_batch",
 ]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class _SelfProduct(torch.autograd.Function):
     """F F^T with the gradient (G + G^T) F: one matmul, where autograd would treat the two
     operands apart and run two, plus a strided add over the whole feature map."""

@@ -212,7 +212,7 @@ def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed =
     for member in members:
         if not member.styles:
             raise ValueError("stylize needs at least one style image")
-        if member.params.init not in ("content", "noise") and member.init_image is None:
+        if member.params.init_image_name is not None and member.init_image is None:
             raise ValueError(f"init={member.params.init!r} names an image: pass it as init_image")
     first = members[0].params
     layers = (*first.content_layer_names, *first.style_layer_names)

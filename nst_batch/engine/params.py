@@ -141,6 +141,11 @@ class StyleParams(BaseModel):
         return dict(zip(self.style_layer_names, weights))
 
     @property
+    def init_image_name(self) -> str | None:
+        """The image the optimization starts from, when ``init`` names one (not content or noise)."""
+        return None if self.init in ("content", "noise") else self.init
+
+    @property
     def alpha(self) -> float:
         """The content weight, its default resolved."""
         return self.content_weight if self.content_weight is not None else DEFAULT_WEIGHTS[self.loss_normalization][0]

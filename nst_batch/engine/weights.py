@@ -3,14 +3,11 @@ a user's ``.pth`` state dict in torchvision's or the Caffe-converted layout, or 
 for tests.
 
 Loading never downloads silently into a hang: the ImageNet file must be in the cache, put there by
-``nst-batch fetch-weights`` (or copied by hand); otherwise the error says exactly what to do.
+``nst-batch fetch-weights`` (or copied by hand); otherwise the error says exactly what to do. The
+engine never touches the network: downloading is the command line's (``cli.fetch``).
 """
 
-import hashlib
 import os
-import re
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,8 +51,14 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def imagenet_url(backbone: str) -> str:
+    """Where torchvision publishes the ImageNet weights of ``backbone``."""
+    return IMAGENET[backbone].url
+
+
 def imagenet_file(backbone: str) -> Path:
-    return cache_dir() / os.path.basename(IMAGENET[backbone].url)
+    """Where the engine looks for them."""
+    return cache_dir() / os.path.basename(imagenet_url(backbone))
 
 
 def load_network(
@@ -75,39 +78,6 @@ def load_network(
         raise WeightsError(f"weights file {path} does not exist: give a .pth state dict, 'imagenet' or 'random'")
     layout = _layout(path, weights_format)
     return _network_from_file(backbone, path, layout), WeightsInfo(str(path), True, layout, str(path))
-
-
-def fetch_weights(backbone: str, url: str | None = None, timeout: float = 30.0) -> Path:
-    """Download the ImageNet weights of ``backbone`` into torchvision's cache; return the file.
-
-    From the official URL the file's SHA-256 prefix (in its name) is checked; from a mirror
-    (``url``) the file must at least load as a state dict of the right shape.
-    """
-    target = imagenet_file(backbone)
-    official = url is None
-    source = IMAGENET[backbone].url if official else url
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=timeout) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        expected = re.search(r"-([a-f0-9]+)\.", target.name)
-        if official and expected and not digest.hexdigest().startswith(expected.group(1)):
-            raise WeightsError(f"download of {source} is corrupt (sha256 {digest.hexdigest()[:8]}...): try again")
-        _network_from_file(backbone, Path(tmp_name), "torchvision")
-        os.replace(tmp_name, target)
-    except (OSError, ValueError) as error:  # URLError is an OSError; a malformed URL a ValueError
-        raise WeightsError(
-            f"could not download {source}: {getattr(error, 'reason', error)}; without network access, "
-            f"copy {os.path.basename(IMAGENET[backbone].url)} into {target.parent} by hand"
-        ) from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return target
 
 
 def _missing_imagenet_message(backbone: str, path: Path) -> str:

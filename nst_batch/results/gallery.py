@@ -13,13 +13,12 @@ appears in one atomic rename.
 """
 
 import html
-import json
 import math
 import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,8 +26,9 @@ from urllib.parse import quote
 from loguru import logger
 
 from ..util.atomicio import atomic_write, is_temp_name
+from ..util.text import distinct, format_duration
 from .plots import find_result_image, write_thumbnail
-from ..cli.status import format_duration
+from .report import JobReport, JobStatus, ResultReport, RunStatus, read_report
 
 PAGE_SIZE = 100
 THUMB = "thumb.jpg"  # the job's picture: compare.jpg, sweep.jpg or its first result, small
@@ -50,18 +50,16 @@ class Job:
     """A published job: its folder's name in the outbox, its job.json and the folder's file names."""
 
     folder: str
-    record: dict[str, Any]
+    report: JobReport
     names: frozenset[str]
 
     @property
     def finished(self) -> float:
-        value = self.record.get("finished")
-        return float(value) if isinstance(value, (int, float)) else 0.0
+        return self.report.finished
 
     @property
-    def results(self) -> list[dict[str, Any]]:
-        results = self.record.get("results")
-        return [r for r in results if isinstance(r, dict) and isinstance(r.get("label"), str)] if isinstance(results, list) else []
+    def results(self) -> tuple[ResultReport, ...]:
+        return self.report.results
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -110,15 +108,17 @@ def collect(outbox: Path) -> list[Job]:
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
+        report = read_report(Path(entry.path, "job.json"))
+        if report is None:
+            logger.debug(f"gallery: skipping {entry.name}: no readable job.json")
+            continue
         try:
-            record = json.loads(Path(entry.path, "job.json").read_text(encoding="utf-8"))
             names = frozenset(n for n in os.listdir(entry.path) if not is_temp_name(n))
-        except (OSError, ValueError) as error:
+        except OSError as error:
             logger.debug(f"gallery: skipping {entry.name}: {error}")
             continue
-        if isinstance(record, dict):
-            jobs.append(Job(entry.name, record, names))
-    jobs.sort(key=lambda job: (job.finished, _int(job.record.get("id")), job.folder), reverse=True)
+        jobs.append(Job(entry.name, report, names))
+    jobs.sort(key=lambda job: (job.finished, job.report.id or 0, job.folder), reverse=True)
     return jobs
 
 
@@ -138,15 +138,15 @@ def ensure_thumbnails(outbox: Path, job: Job, deadline: float | None = None) -> 
     if len(job.results) > 1 and shown:
         have = set(_listdir(folder / THUMBS)) if THUMBS in names else set()
         for result in shown:
-            thumb = f"{result['label']}.jpg"
-            image = find_result_image(folder, result["label"], lambda p: p.name in names)
+            thumb = f"{result.label}.jpg"
+            image = find_result_image(folder, result.label, lambda p: p.name in names)
             if thumb not in have and image is not None:
                 (folder / THUMBS).mkdir(exist_ok=True)
                 names.add(THUMBS)
                 if _thumbnail(image, folder / THUMBS / thumb, RESULT_THUMB_SIDE):
                     have.add(thumb)
         names |= {f"{THUMBS}/{name}" for name in have}
-    return Job(job.folder, job.record, frozenset(names))
+    return replace(job, names=frozenset(names))
 
 
 def failed_jobs(records: Sequence[Any]) -> list[dict[str, Any]]:
@@ -162,7 +162,7 @@ def page_name(number: int) -> str:
 
 
 def render_pages(jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_size: int, now: float) -> list[str]:
-    published_ids = {job.record.get("id") for job in jobs if job.record.get("id") is not None}
+    published_ids = {job.report.id for job in jobs if job.report.id is not None}
     unpublished = [f for f in failed if f.get("id") is None or f.get("id") not in published_ids]
     summary = _summary(jobs, failed, now)
     count = max(1, math.ceil(len(jobs) / page_size))
@@ -187,11 +187,11 @@ def render_pages(jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_
 def _summary(jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], now: float) -> str:
     since = now - NIGHT_S
     night = [job for job in jobs if job.finished >= since]
-    done = [job for job in night if job.record.get("status") != "failed"]
-    partial = [job for job in night if job.record.get("status") == "failed"]
-    partial_ids = {job.record.get("id") for job in partial}
+    done = [job for job in night if job.report.status != JobStatus.FAILED]
+    partial = [job for job in night if job.report.status == JobStatus.FAILED]
+    partial_ids = {job.report.id for job in partial}
     failures = [f for f in failed if _float(f.get("when")) >= since and (f.get("id") is None or f.get("id") not in partial_ids)]
-    results = sum(sum(1 for r in job.results if r.get("status", "done") == "done") for job in night)
+    results = sum(len(_done(job.results)) for job in night)
     seconds = sum(_job_seconds(job) for job in night)
     items = [
         ("done", len(done), "ok"),
@@ -242,10 +242,10 @@ def _nav(number: int, count: int) -> str:
 
 
 def _card(job: Job, eager: bool) -> str:
-    record, results = job.record, job.results
-    name = str(record.get("name") or job.folder)
-    done = [r for r in results if r.get("status", "done") == "done"]
-    failed = [r for r in results if r.get("status") == "failed"]
+    report, results = job.report, job.results
+    name = report.name or job.folder
+    done = _done(results)
+    failed = [r for r in results if r.status == RunStatus.FAILED]
     loading = "eager" if eager else "lazy"
     main = _main_picture(job)
     if job.has(THUMB):
@@ -258,13 +258,13 @@ def _card(job: Job, eager: bool) -> str:
     badges = []
     if failed:
         badges.append(f'<span class="badge bad">{len(failed)} of {len(results)} failed</span>')
-    if any(r.get("pretrained_weights") is False for r in results):
+    if any(r.pretrained_weights is False for r in results):
         badges.append('<span class="badge warn">random weights</span>')
     facts = [f"finished {_when(job.finished)}", f"took {format_duration(_job_seconds(job))}"]
     if len(results) > 1:
         facts.append(f"{len(done)} results")
-    if record.get("device"):
-        facts.append(f"on {record['device']}")
+    if report.device:
+        facts.append(f"on {report.device}")
     lines = [
         f'<h3><a href="{_href(job.folder)}/">{_esc(name)}</a> {"".join(badges)}</h3>',
         f'<p class="facts">{_esc(" · ".join(facts))}</p>',
@@ -273,9 +273,9 @@ def _card(job: Job, eager: bool) -> str:
     ]
     if len(results) == 1 and done:
         lines.append(_losses(done[0]))
-        if done[0].get("seed") is not None:
-            lines.append(f'<p class="seed">seed {_esc(done[0]["seed"])}</p>')
-    result_image = find_result_image(Path(), done[0]["label"], lambda p: p.name in job.names) if len(results) == 1 and done else None
+        if done[0].seed is not None:
+            lines.append(f'<p class="seed">seed {_esc(done[0].seed)}</p>')
+    result_image = find_result_image(Path(), done[0].label, lambda p: p.name in job.names) if len(results) == 1 and done else None
     links = [(result_image.name, "result")] if result_image is not None else []
     links += [(f, label) for f, label in (("compare.jpg", "compare"), ("sweep.jpg", "sweep sheet"), ("progress.gif", "progress GIF"),
                                          ("losses.csv", "losses.csv"), ("job.json", "job.json")) if job.has(f)]
@@ -290,23 +290,23 @@ def _card(job: Job, eager: bool) -> str:
         lines.append(_strip(job))
     notes = []
     for r in results:
-        label = f"{r['label']}: " if len(results) > 1 else ""
-        if r.get("status") == "failed":
-            notes.append(f'<li class="bad">{_esc(label)}{_esc(r.get("error") or "failed")}</li>')
-        if r.get("warning"):
-            notes.append(f'<li class="warn">{_esc(label)}{_esc(r["warning"])}</li>')
-        for repair in r.get("repairs") or []:
+        label = f"{r.label}: " if len(results) > 1 else ""
+        if r.status == RunStatus.FAILED:
+            notes.append(f'<li class="bad">{_esc(label)}{_esc(r.error or "failed")}</li>')
+        if r.warning:
+            notes.append(f'<li class="warn">{_esc(label)}{_esc(r.warning)}</li>')
+        for repair in r.repairs or ():
             notes.append(f'<li class="warn">{_esc(label)}{_esc(repair)}</li>')
-        for stop in r.get("early_stop") or []:
+        for stop in r.early_stop or ():
             notes.append(f"<li>{_esc(label)}{_esc(stop)}</li>")
     if notes:
         lines.append(f'<ul class="notes">{"".join(notes)}</ul>')
     return f'<article class="job" id="{_esc(job.folder)}">{picture}<div class="meta">{"".join(lines)}</div></article>'
 
 
-def _inputs(results: Sequence[Mapping[str, Any]]) -> str:
-    contents = _distinct(str(r.get("content", "")) for r in results if r.get("content"))
-    styles = _distinct(" + ".join(map(str, r.get("styles") or [])) for r in results if r.get("styles"))
+def _inputs(results: Sequence[ResultReport]) -> str:
+    contents = distinct(r.content for r in results if r.content)
+    styles = distinct(" + ".join(r.styles) for r in results if r.styles)
     parts = []
     if contents:
         parts.append("content " + _some(contents))
@@ -315,33 +315,32 @@ def _inputs(results: Sequence[Mapping[str, Any]]) -> str:
     return f'<p class="inputs">{_esc(" · ".join(parts))}</p>' if parts else ""
 
 
-def _params(results: Sequence[Mapping[str, Any]]) -> str:
+def _params(results: Sequence[ResultReport]) -> str:
     if not results:
         return ""
-    params = results[0].get("params") if isinstance(results[0].get("params"), dict) else {}
-    varying = _distinct(k for r in results for k in (r.get("varying") or {}))
+    params = results[0].params
+    varying = distinct(k for r in results for k in r.varying)
     chips = [f"{k} {_value(params[k])}" for k in KEY_PARAMS if k in params and k not in varying]
-    chips += [f"{k} {' | '.join(_distinct(_value((r.get('varying') or {}).get(k)) for r in results))}" for k in varying]
+    chips += [f"{k} {' | '.join(distinct(_value(r.varying.get(k)) for r in results))}" for k in varying]
     return '<p class="params">' + "".join(f"<span>{_esc(c)}</span>" for c in chips) + "</p>" if chips else ""
 
 
-def _losses(result: Mapping[str, Any]) -> str:
-    final = result.get("final_losses")
-    if not isinstance(final, dict) or not isinstance(final.get("total"), (int, float)):
+def _losses(result: ResultReport) -> str:
+    final = result.final_losses
+    if final is None:
         return ""
-    parts = ", ".join(f"{k} {_value(final[k])}" for k in ("content", "style", "tv") if isinstance(final.get(k), (int, float)))
-    return f'<p class="losses">final loss <b>{_esc(_value(final["total"]))}</b> ({_esc(parts)})</p>'
+    parts = f"content {_value(final.content)}, style {_value(final.style)}, tv {_value(final.tv)}"
+    return f'<p class="losses">final loss <b>{_esc(_value(final.total))}</b> ({_esc(parts)})</p>'
 
 
 def _strip(job: Job) -> str:
     shown = _shown_results(job)
     cells = []
     for result in shown:
-        label = result["label"]
+        label = result.label
         image = find_result_image(Path(job.folder), label, lambda p: p.name in job.names)
         thumb = f"{THUMBS}/{label}.jpg"
-        final = result.get("final_losses") if isinstance(result.get("final_losses"), dict) else {}
-        loss = f" · loss {_value(final['total'])}" if isinstance(final.get("total"), (int, float)) else ""
+        loss = f" · loss {_value(result.final_losses.total)}" if result.final_losses is not None else ""
         picture = (
             f'<img src="{_href(job.folder, THUMBS, label + ".jpg")}" loading="lazy" decoding="async" alt="{_esc(label)}">'
             if job.has(thumb) else '<span class="missing">no picture</span>'
@@ -350,7 +349,7 @@ def _strip(job: Job) -> str:
         plot_link = "".join(f' <a href="{_href(job.folder, f)}">{text}</a>' for f, text in extras if job.has(f))
         target = _href(job.folder, image.name) if image is not None else _href(job.folder) + "/"
         cells.append(f'<li><a href="{target}">{picture}</a><span>{_esc(label)}{_esc(loss)}</span>{plot_link}</li>')
-    more = len([r for r in job.results if r.get("status", "done") == "done"]) - len(shown)
+    more = len(_done(job.results)) - len(shown)
     tail = f'<li class="more"><a href="{_href(job.folder)}/">+{more} more</a></li>' if more > 0 else ""
     return f'<ul class="strip">{"".join(cells)}{tail}</ul>'
 
@@ -414,16 +413,19 @@ def _main_picture(job: Job) -> str | None:
         return "compare.jpg"
     if job.has("sweep.jpg"):
         return "sweep.jpg"
-    for result in job.results:
-        if result.get("status", "done") == "done":
-            image = find_result_image(Path(), result["label"], lambda p: p.name in job.names)
-            if image is not None:
-                return image.name
+    for result in _done(job.results):
+        image = find_result_image(Path(), result.label, lambda p: p.name in job.names)
+        if image is not None:
+            return image.name
     return None
 
 
-def _shown_results(job: Job) -> list[dict[str, Any]]:
-    return [r for r in job.results if r.get("status", "done") == "done"][:RESULTS_SHOWN]
+def _done(results: Sequence[ResultReport]) -> list[ResultReport]:
+    return [r for r in results if r.done]
+
+
+def _shown_results(job: Job) -> list[ResultReport]:
+    return _done(job.results)[:RESULTS_SHOWN]
 
 
 def _thumbnail(source: Path, target: Path, side: int) -> bool:
@@ -436,11 +438,11 @@ def _thumbnail(source: Path, target: Path, side: int) -> bool:
 
 
 def _job_seconds(job: Job) -> float:
-    seconds = [r.get("seconds") for r in job.results if isinstance(r.get("seconds"), (int, float))]
+    seconds = [r.seconds for r in job.results if r.seconds is not None]
     if seconds:
         return float(sum(seconds))
-    created = job.record.get("created")
-    return max(0.0, job.finished - created) if isinstance(created, (int, float)) and job.finished else 0.0
+    created = job.report.created
+    return max(0.0, job.finished - created) if created and job.finished else 0.0
 
 
 def _href(*parts: str) -> str:
@@ -469,23 +471,11 @@ def _some(values: Sequence[str], shown: int = 3) -> str:
     return ", ".join(values[:shown]) + (f" and {len(values) - shown} more" if len(values) > shown else "")
 
 
-def _distinct(values) -> list:
-    out: list = []
-    for value in values:
-        if value not in out:
-            out.append(value)
-    return out
-
-
 def _listdir(folder: Path) -> list[str]:
     try:
         return [n for n in os.listdir(folder) if not is_temp_name(n)]
     except OSError:
         return []
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else -1
 
 
 def _float(value: Any) -> float:

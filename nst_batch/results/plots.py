@@ -17,7 +17,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..util.atomicio import atomic_path
-from ..util.text import format_value
+from ..util.text import distinct, format_value
+from .report import ResultReport
 
 JPEG_QUALITY = 90
 THUMB_QUALITY = 82
@@ -164,7 +165,7 @@ def write_sweep_sheet(path: Path, results: Sequence[tuple[Mapping[str, Any], Pic
     aspect = sorted(p.height / p.width for p in pictures)[len(pictures) // 2]  # the usual shape, for all cells
     aspect = min(2.0, max(0.5, aspect))
     if len(keys) == 2:
-        rows, cols = (_distinct([values.get(k) for values, _ in results]) for k in keys)
+        rows, cols = (distinct([values.get(k) for values, _ in results]) for k in keys)
         width = _cell_size(cell, len(cols))
         box = (width, round(width * aspect))
         font = _font(max(12, width // 16))
@@ -189,8 +190,8 @@ def write_sweep_sheet(path: Path, results: Sequence[tuple[Mapping[str, Any], Pic
 
 def varying_keys(all_values: Sequence[Mapping[str, Any]]) -> list[str]:
     """The keys, in first-seen order, whose value is not the same in every mapping."""
-    keys = _distinct([k for values in all_values for k in values])
-    return [k for k in keys if len(_distinct([repr(v.get(k)) for v in all_values])) > 1]
+    keys = distinct([k for values in all_values for k in values])
+    return [k for k in keys if len(distinct([repr(v.get(k)) for v in all_values])) > 1]
 
 
 # --- thumbnails ---------------------------------------------------------------------------------
@@ -365,34 +366,22 @@ def _headed_grid(
     return sheet
 
 
-def _distinct(values: Sequence[Any]) -> list[Any]:
-    """``values`` without repeats, in first-seen order (works for unhashable values too)."""
-    seen: list[Any] = []
-    for value in values:
-        if value not in seen:
-            seen.append(value)
-    return seen
-
-
-def sweep_entries(folder: Path, results: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, Any], Path]]:
+def sweep_entries(folder: Path, results: Sequence[ResultReport]) -> list[tuple[dict[str, Any], Path]]:
     """What a job's sweep sheet shows: (what varies, image file) per result whose image exists.
 
-    ``results``: the job.json shape (``label``, ``content``, ``styles``, ``varying``, ``status``).
     The content and the style count as varying values when they differ between results, so a
     job of several contents x several styles gets a content x style grid. Empty when the job
     has fewer than two results with images, or when nothing varies.
     """
     entries = []
     for result in results:
-        if result.get("status", "done") != "done":
-            continue
-        image = find_result_image(folder, result["label"])
+        image = find_result_image(folder, result.label) if result.done else None
         if image is None:
             continue
         values = {
-            "content": Path(str(result.get("content", ""))).stem,
-            "style": "+".join(Path(str(s)).stem for s in result.get("styles", ())),
-            **(result.get("varying") or {}),
+            "content": Path(result.content or "").stem,
+            "style": "+".join(Path(s).stem for s in result.styles),
+            **result.varying,
         }
         entries.append((values, image))
     if len(entries) < 2:

@@ -13,10 +13,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from .config import FROZEN, Problem, dotted, format_problems, show, unknown_key_message, validation_problems
 from ..engine.params import StyleParams
 from ..util.errors import ConfigError
-from ..daemon.inbox import unsafe_name
+from ..util.names import unsafe_name
+from .config import FROZEN
+from .problems import Problem, dotted, format_problems, show, unknown_key_message, validation_problems
 from .yamlfile import load_yaml
 
 MAX_COMBINATIONS = 256

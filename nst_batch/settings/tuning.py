@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from .config import PerformanceConfig
 from ..engine import Speed
+from .config import PerformanceConfig
 
 
 def choose_speed(settings: PerformanceConfig, optimizer: str, device_type: str, cpu_bf16: bool) -> Speed:

@@ -8,23 +8,11 @@ a crash leaves either the old content or the new one.
 
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
-
-# TESTS ONLY (tests/test_crash.py): every atomic write waits this long with its temporary file
-# complete but not yet renamed, and every folder sync waits too, so that a test can kill the
-# daemon inside these windows. Unset in real use.
-_TEST_PAUSE_S = float(os.environ.get("NST_BATCH_TEST_PAUSE_S") or 0)
-
-
-def _test_pause() -> None:
-    if _TEST_PAUSE_S:
-        time.sleep(_TEST_PAUSE_S)
-
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (str is written as UTF-8) in one atomic step."""
@@ -44,7 +32,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield temp
         _fsync_file(temp)
-        _test_pause()
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -59,7 +46,6 @@ def is_temp_name(name: str) -> bool:
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename inside ``folder`` durable; best effort (not every OS or filesystem can)."""
-    _test_pause()
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

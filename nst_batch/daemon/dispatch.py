@@ -1,0 +1,80 @@
+"""Starting work: the first queued runs, each changed by the too_big policy if it cannot fit even
+alone, offered to the scheduler with what each needs; what it admits starts on the workers."""
+
+from loguru import logger
+
+from ..results.report import RunStatus
+from .capacity import Capacity
+from .finishing import Finisher
+from .runner import Runner
+from .scheduler import Active, Candidate, admit
+from .store import RunRecord, Store
+from .systemd import notify
+from .workers import Work, Workers
+
+# The scheduler is shown the first runs of the queue only: looking at all of them (a folder of
+# 10 000 photos) would cost the main loop time in proportion to the queue before every start.
+DISPATCH_WINDOW = 64  # queued runs the scheduler looks at, at least...
+MAX_DISPATCH_WINDOW = 512  # ...and at most, whatever the slots and batch sizes
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, capacity: Capacity, runner: Runner, workers: Workers, finisher: Finisher, max_attempts: int
+    ):
+        self.store, self.capacity, self.runner = store, capacity, runner
+        self.workers, self.finisher = workers, finisher
+        self.max_attempts = max_attempts
+
+    def dispatch(self) -> int:
+        """Start every queued run (or batch) that fits now; return how many pieces of work started."""
+        if self.finisher.held():
+            return 0
+        self.finisher.retry_unfinished()
+        if self.finisher.held():  # finishing one failed again
+            return 0
+        queued = [started for run in self._window() if (started := self._startable(run)) is not None]
+        if not queued:
+            return 0
+        candidates = [
+            Candidate(r.id, r.job_id, r.idx, r.priority, self.capacity.need(self.store, r), r.alone,
+                      self.runner.batch_key(r), self.capacity.shared_bytes(self.store, r))
+            for r in queued
+        ]
+        active = [Active(w.runs[0][1].id, w.need_bytes, w.alone) for w in self.workers.active]
+        capacity = self.capacity
+        chosen = admit(candidates, active, capacity.budget, capacity.max_concurrent, capacity.max_batch)
+        by_id = {run.id: run for run in queued}
+        for batch in chosen:
+            runs = []
+            for run_id in batch.run_ids:
+                self.store.start_run(by_id[run_id])
+                run = self.store.run(run_id)
+                runs.append((self.store.job(run.job_id), run))
+            self.workers.start(Work(runs, batch.need_bytes))
+        if chosen:
+            labels = "; ".join(w.labels for w in self.workers.active)
+            notify(f"STATUS=running {labels}; {self.store.run_counts().get(RunStatus.QUEUED, 0)} more queued")
+        return len(chosen)
+
+    def _window(self) -> list[RunRecord]:
+        wanted = 4 * self.capacity.max_concurrent * self.capacity.max_batch
+        return self.store.queued_runs(limit=min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, wanted)))
+
+    def _startable(self, run: RunRecord) -> RunRecord | None:
+        """The run, changed by the too_big policy if it cannot fit even alone; None if it is
+        refused, or was running each time the daemon died."""
+        if run.attempts >= self.max_attempts:
+            self.finisher.give_up(run, f"the daemon stopped during each of {run.attempts} attempts")
+            return None
+        fit = self.capacity.fit_alone(self.store, run)
+        log = logger.bind(job=f"job-{run.job_id}")
+        if fit.refusal is not None:
+            log.error(f"{run.label}: {fit.refusal}")
+            self.finisher.give_up(run, fit.refusal)
+            return None
+        if fit.warning is not None:
+            self.store.change_params(run.id, fit.params, fit.warning)
+            log.warning(f"{run.label}: {fit.warning}")
+            return self.store.run(run.id)
+        return run
