@@ -4,12 +4,12 @@ For each image size and optimizer this starts a FRESH Python process (so no allo
 memory an earlier run freed) that does what the daemon does at start-up and then checks it:
 
 1. loads VGG-19 (random weights unless told otherwise: memory does not depend on the values);
-2. runs ``calibration.probe`` as ``Capacity.calibrate`` does (default parameters, so L-BFGS; a
+2. runs ``measure.probe`` as ``Capacity.calibrate`` does (default parameters, so L-BFGS; a
    short warm-up run, then short runs at the device's two probe sizes, measured with
    ``PeakMeter``) and fits the device's model with ``memory.fit``;
 3. runs ``stylize()`` at the size for N iterations (default 10) under ``PeakMeter``. L-BFGS runs
    with ``lbfgs_history=N``, so its history is as full as the need says
-   (``calibration.measured_need``);
+   (``measure.measured_need``);
 4. compares the measured peak with ``MemoryModel.peak(need)``, raw (margin 0) and padded (the
    model's 10% margin, what the scheduler books).
 
@@ -33,7 +33,7 @@ counts. So ``--loss-scale`` (default 1e4 with random weights, 1 otherwise) multi
 and style weights, probes included; memory does not depend on them. The number of pairs L-BFGS
 really kept is recorded (``lbfgs_pairs``: N - 1 after N steps when the history fills).
 
-``--probe-sizes`` replaces ``calibration.PROBE_SIZES`` for the device, to try other probe sizes
+``--probe-sizes`` replaces ``measure.PROBE_SIZES`` for the device, to try other probe sizes
 without editing it. ``--autocast`` and ``--channels-last`` run the measured run (not the probes,
 which the daemon runs in fp32) with the engine's ``Speed``. Environment variables reach the
 measuring processes, so ``MALLOC_MMAP_THRESHOLD_=131072`` tries a fixed glibc mmap threshold.
@@ -62,8 +62,7 @@ def child(args: argparse.Namespace) -> dict:
     """One measurement, in this (fresh) process."""
     import torch
 
-    from nst_batch.daemon import measure as calibration
-    from nst_batch.daemon import memory
+    from nst_batch.daemon import measure, memory
     from nst_batch.engine import Member, StyleParams, load_network, resolve_device, stylize_batch
     from nst_batch.engine.features import Speed
 
@@ -72,7 +71,7 @@ def child(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     kind = "cuda" if device.type == "cuda" else "cpu"
     if args.probe_sizes:
-        calibration.PROBE_SIZES[kind] = tuple(args.probe_sizes)
+        measure.PROBE_SIZES[kind] = tuple(args.probe_sizes)
     network, _ = load_network("vgg19", args.weights)
     network.to(device)
     scale = args.loss_scale if args.loss_scale is not None else (1e4 if args.weights == "random" else 1.0)
@@ -80,7 +79,7 @@ def child(args: argparse.Namespace) -> dict:
     weights = {"content_weight": scale * defaults.content_weight, "style_weight": scale * defaults.style_weight}
     pairs = _count_lbfgs_pairs(torch)
     started = time.perf_counter()
-    samples = calibration.probe(network, device, StyleParams(**weights))
+    samples = measure.probe(network, device, StyleParams(**weights))
     probe_seconds = time.perf_counter() - started
     model = memory.fit_model(samples)
 
@@ -95,13 +94,13 @@ def child(args: argparse.Namespace) -> dict:
                       [torch.rand((1, 3, size, size), generator=generator)], params.with_overrides({"seed": i}))
                for i in range(args.batch)]
     pairs.clear()
-    with calibration.PeakMeter(device) as meter:
+    with measure.PeakMeter(device) as meter:
         started = time.perf_counter()
         result, *_ = stylize_batch(network, members, speed=speed)
         wall_seconds = time.perf_counter() - started
     history = result.history
     seconds = (history[-1].elapsed_s - history[0].elapsed_s) / max(1, len(history) - 1)
-    need = calibration.measured_need(params, (size, size), 1, len(result.history))
+    need = measure.measured_need(params, (size, size), 1, len(result.history))
     raw = _booked(dataclasses.replace(model, margin=0.0), need, args.batch)
     padded = _booked(model, need, args.batch)
     measured = meter.peak_bytes
@@ -254,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="channels-last layout for the measured run")
     parser.add_argument("--batch", type=int, default=1,
                         help="measure N runs of the size as one batch, against what the scheduler books for them")
-    parser.add_argument("--probe-sizes", type=int, nargs=2, help="replace calibration.PROBE_SIZES for the device")
+    parser.add_argument("--probe-sizes", type=int, nargs=2, help="replace measure.PROBE_SIZES for the device")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one measurement")
     parser.add_argument("--json", type=Path, help="write the rows and the environment here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -10,7 +10,7 @@ from nst_batch.daemon import intake as intake_module
 from nst_batch.daemon.claims import dispose_failure
 from nst_batch.daemon.folders import Folders
 from nst_batch.daemon.inbox import SidecarRefs, Submission
-from nst_batch.daemon.intake import Intake, Scan
+from nst_batch.daemon.intake import Intake, Scan, sidecar_refs
 from nst_batch.daemon.store import Store
 from nst_batch.daemon.watcher import InboxWatcher
 from nst_batch.engine import StyleParams
@@ -167,7 +167,7 @@ def test_a_sidecar_that_is_a_symbolic_link_is_never_read(intake, tmp_path):
     outside = tmp_path / "outside.yaml"
     outside.write_text("content: cat.content.png\nstyle: cat.style.png\n")
     (intake.config.inbox / "night.yaml").symlink_to(outside)
-    refs = intake._sidecar_refs("night.yaml")
+    refs = sidecar_refs(intake.config.inbox, "night.yaml")
     assert refs.content is None and refs.problem == "night.yaml is a symbolic link: copy the file itself into the inbox"
 
 
@@ -181,11 +181,11 @@ def test_a_sidecar_that_is_a_symbolic_link_is_never_read(intake, tmp_path):
 )
 def test_a_sidecar_names_files_as_the_sidecar_model_reads_them(intake, text, content, style):
     (intake.config.inbox / "night.yaml").write_text(text)
-    assert intake._sidecar_refs("night.yaml") == SidecarRefs(content=content, style=style)
+    assert sidecar_refs(intake.config.inbox, "night.yaml") == SidecarRefs(content=content, style=style)
 
 
 @pytest.mark.parametrize("text", ["content: 12\nstyle: b.png\n", "content: {a: 1}\nstyle: b.png\n", "content: [a.png, [b]]\n"])
 def test_a_sidecar_naming_files_with_the_wrong_type_is_a_problem_not_a_name(intake, text):
     (intake.config.inbox / "night.yaml").write_text(text)
-    refs = intake._sidecar_refs("night.yaml")
+    refs = sidecar_refs(intake.config.inbox, "night.yaml")
     assert refs.content is None and "night.yaml" in refs.problem and "content" in refs.problem

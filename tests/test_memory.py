@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from nst_batch.daemon import measure as calibration
+from nst_batch.daemon import measure
 from nst_batch.daemon.memory import (
     FLOAT_BYTES,
     GIB,
@@ -354,7 +354,7 @@ def test_a_budget_too_small_for_anything_says_so():
 def test_probe_measures_two_sizes_and_the_larger_needs_more(vgg19_random, one_torch_thread):
     """The real probe at the CPU's two sizes (64 and 128 px, 5 iterations each, after its own
     warm-up run: the first run of a process pays one-off set-up that would land in the 64 px sample)."""
-    samples = calibration.probe(vgg19_random, torch.device("cpu"), StyleParams())
+    samples = measure.probe(vgg19_random, torch.device("cpu"), StyleParams())
     assert [(s.need.height, s.need.width) for s in samples] == [(64, 64), (128, 128)]
     assert all(s.peak_bytes > 0 and s.seconds_per_iteration > 0 for s in samples)
     small, large = samples

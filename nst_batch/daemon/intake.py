@@ -185,21 +185,30 @@ class Intake:
         return names
 
     def _sidecar_refs(self, path: str) -> SidecarRefs:
-        """What a sidecar names, cached by (path, mtime, size): it is read once, not every tick.
-        A symbolic link is never read: what it points to may be outside the inbox."""
-        file = self.folders.inbox / path
+        """``sidecar_refs``, cached by (path, mtime, size): a sidecar is read once, not every tick."""
         try:
-            info = os.lstat(file)
+            info = os.lstat(self.folders.inbox / path)
         except OSError:
             return SidecarRefs(problem=f"{path} cannot be read")
-        if stat.S_ISLNK(info.st_mode):
-            return SidecarRefs(problem=f"{path} is a symbolic link: copy the file itself into the inbox")
-        if not stat.S_ISREG(info.st_mode):  # reading a named pipe would hang the intake
-            return SidecarRefs(problem=f"{path} is not a regular file (a named pipe, a socket or a device)")
         key = (path, info.st_mtime, info.st_size)
         if key not in self._refs:
-            self._refs[key] = _read_refs(file)
+            self._refs[key] = sidecar_refs(self.folders.inbox, path)
         return self._refs[key]
+
+
+def sidecar_refs(inbox: Path, path: str) -> SidecarRefs:
+    """What the sidecar ``inbox/path`` names, or why it cannot say. A symbolic link is never read:
+    what it points to may be outside the inbox."""
+    file = inbox / path
+    try:
+        info = os.lstat(file)
+    except OSError:
+        return SidecarRefs(problem=f"{path} cannot be read")
+    if stat.S_ISLNK(info.st_mode):
+        return SidecarRefs(problem=f"{path} is a symbolic link: copy the file itself into the inbox")
+    if not stat.S_ISREG(info.st_mode):  # reading a named pipe would hang the intake
+        return SidecarRefs(problem=f"{path} is not a regular file (a named pipe, a socket or a device)")
+    return _read_refs(file)
 
 
 def _check_plain_file(path: Path, name: str) -> None:

@@ -56,7 +56,8 @@ class Ending(str, Enum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """An attempt's end, with what the memory model and the store learn from it."""
+    """An attempt's end, with what the memory model and the store learn from it (stage: ended,
+    before the finisher records it)."""
 
     ending: Ending
     error: str | None = None
@@ -248,7 +249,8 @@ class Runner:
 
 @dataclass
 class _Seat:
-    """One run's place in a batch: what it was given, what it collects, and how it ended."""
+    """One run's place in the runner's batch (stage: running): what it was given, what it
+    collects, and how it ended."""
 
     job: JobRecord
     run: RunRecord

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Candidate:
-    """A queued run, as the scheduler sees it."""
+    """A queued run, as the scheduler sees it (stage: offered by dispatch, before it starts)."""
 
     run_id: int
     job_id: int
@@ -32,7 +32,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Batch:
-    """Runs that start together, in one slot."""
+    """Runs that start together, in one slot (stage: admitted, about to become a worker's ``Work``)."""
 
     runs: tuple[Candidate, ...]
 
@@ -51,7 +51,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Active:
-    """Running work: a run, or a batch of them."""
+    """Running work as the scheduler sees it: a run, or a batch (stage: on a worker thread)."""
 
     run_id: int
     need_bytes: int

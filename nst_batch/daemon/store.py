@@ -103,7 +103,7 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A run as the store has it: from queued to its end, with its attempts and progress."""
+    """A run as the store has it (stage: from queued to its end), with its attempts and progress."""
 
     id: int
     job_id: int
@@ -136,7 +136,7 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A run to create: one result of a job."""
+    """A run to create: one result of a job (stage: planned by the intake, not yet stored)."""
 
     label: str
     content: str

@@ -23,6 +23,8 @@ from .store import JobRecord, RunRecord, Store
 
 @dataclass
 class Work:
+    """Admitted runs on one worker thread (stage: running), and what their thread measured."""
+
     runs: list[tuple[JobRecord, RunRecord]]  # one, or a batch
     need_bytes: int
     shared: bool = False  # other work was on the device at some point: its peak says little

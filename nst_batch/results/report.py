@@ -65,7 +65,8 @@ class FinalLosses(BaseModel):
 
 
 class RunSummary(BaseModel):
-    """What a finished run knows about its result, written beside it until the job is published."""
+    """What a finished run knows about its result (stage: written, waiting in the staging folder
+    for its job to be published)."""
 
     model_config = _READ
 
@@ -83,7 +84,7 @@ class RunSummary(BaseModel):
 
 
 class ResultReport(RunSummary):
-    """One result of a published job: what it was asked to be and how it ended."""
+    """One result of a published job (stage: in job.json): what it was asked to be and how it ended."""
 
     status: RunStatus = RunStatus.DONE
     error: str | None = None

@@ -128,7 +128,8 @@ def result_files(staging: Path, label: str, output_format: str) -> ResultFiles:
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """A run's result and everything its files say about it: what it was made of, and how."""
+    """A run's result and everything its files say about it: what it was made of, and how
+    (stage: done, being written to its job's staging folder)."""
 
     job: str  # the job's label, which its log lines carry
     label: str
