@@ -6,7 +6,7 @@ memory an earlier run freed) that does what the daemon does at start-up and then
 1. loads VGG-19 (random weights unless told otherwise: memory does not depend on the values);
 2. runs ``measure.probe`` as ``Capacity.calibrate`` does (default parameters, so L-BFGS; a
    short warm-up run, then short runs at the device's two probe sizes, measured with
-   ``PeakMeter``) and fits the device's model with ``memory.fit``;
+   ``PeakMeter``) and fits the device's model with ``memory.fit_model``;
 3. runs ``stylize()`` at the size for N iterations (default 10) under ``PeakMeter``. L-BFGS runs
    with ``lbfgs_history=N``, so its history is as full as the need says
    (``measure.measured_need``);

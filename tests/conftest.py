@@ -70,3 +70,12 @@ def vgg19_random() -> Network:
 def tiny_images() -> TinyImages:
     """Fresh copies for every test, so a test that mutates one cannot affect another."""
     return TinyImages(gradient=_gradient(SIZE), checkerboard=_checkerboard(SIZE), noise=_noise(SIZE))
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """A test that serves sets the process's CPU threads, as the daemon does; the next test gets
+    the count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

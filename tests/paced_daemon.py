@@ -1,6 +1,6 @@
-"""`nst-batch` with every fsync held open a moment (tests/test_crash.py): the kills of the crash
+"""`nst-batch` with every fsync followed by a pause (tests/test_crash.py): the kills of the crash
 test then land inside the windows where a temporary file is complete but not yet renamed, and
-where a rename is not yet durable, not only between them.
+just after a rename, not only between such steps.
 
     python tests/paced_daemon.py PAUSE_S serve --config CONFIG
 """

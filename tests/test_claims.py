@@ -39,6 +39,7 @@ def inbox_on_another_filesystem(monkeypatch):
 
     monkeypatch.setattr(os, "rename", rename)
 
+
 def test_claim_across_filesystems_copies_then_removes(folders, inbox_on_another_filesystem):
     (folders.inbox / "cat.content.png").write_bytes(b"content")
     assert move_in(folders, 1, ["cat.content.png"]) == []

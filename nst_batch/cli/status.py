@@ -65,7 +65,7 @@ def render(report: dict[str, Any], color: bool = False, width: int | None = None
     if not report["started"]:
         return f"no jobs yet (no database at {report['database']})"
     jobs, runs = report["jobs"], report.get("runs") or {}
-    colours = {"running": "cyan", "done": "green", "failed": "red"}
+    colours = {JobStatus.RUNNING: "cyan", JobStatus.DONE: "green", JobStatus.FAILED: "red"}
     counts = "   ".join(
         paint(f"{status} {jobs.get(status, 0)}", colours.get(status) if jobs.get(status, 0) else None) for status in STATUSES
     )

@@ -1,7 +1,7 @@
 """What the device can hold: its memory budget, the memory model fitted to it, what each queued
 run needs, and what to do with a run that cannot fit even alone.
 
-The model is fitted (``memory.fit``) from the samples in the job database: the probes measured
+The model is fitted (``memory.fit_model``) from the samples in the job database: the probes measured
 at start-up and every run that ran alone since, on this kind of device and backbone.
 """
 
@@ -28,12 +28,14 @@ class Capacity:
         self.config = config
         self.device = device
         self.device_key = device_key(device)
-        self.budget = self._budget()
+        self.budget = self.measure_budget()
         self.max_concurrent = config.scheduler.max_concurrent or (GPU_CONCURRENCY if device.type == "cuda" else 1)
         self.max_batch = config.scheduler.max_batch or BATCH.get(device.type, 1)
         self._models: dict[str, MemoryModel] = {}
 
-    def _budget(self) -> int:
+    def measure_budget(self) -> int:
+        """The memory runs may use, from what the device has free now (and, on a GPU, a hard cap
+        when the config sets a budget)."""
         settings = self.config.scheduler
         if settings.memory_budget is not None and self.device.type == "cuda":  # a real cap, not only an assumption
             total = torch.cuda.get_device_properties(self.device).total_memory

@@ -17,7 +17,7 @@ from loguru import logger
 from ..engine import StyleParams
 from ..results import gallery
 from ..results.outbox import publish
-from ..results.report import ACTIVE, Inputs, JobReport, JobStatus, ResultReport, RunStatus, versions
+from ..results.report import ACTIVE_JOBS, Inputs, JobReport, JobStatus, ResultReport, RunStatus, versions
 from ..settings.config import Config
 from .capacity import Capacity
 from .claims import dispose_failure, dispose_success
@@ -144,7 +144,7 @@ class Finisher:
 
     def finish_active(self) -> None:
         """At start-up: finish every job whose runs had all ended before a crash."""
-        for job in self.store.jobs(*ACTIVE):
+        for job in self.store.jobs(*ACTIVE_JOBS):
             self.finish_if_complete(job.id)
 
     def retry_unfinished(self) -> None:
@@ -155,7 +155,7 @@ class Finisher:
     def finish_if_complete(self, job_id: int) -> None:
         """Publish a job whose runs have all ended; move its inputs to the archive or failed/."""
         job = self.store.job(job_id)
-        if job.status not in ACTIVE or self.store.has_active_runs(job_id):  # cheap: this follows every run
+        if job.status not in ACTIVE_JOBS or self.store.has_active_runs(job_id):  # cheap: this follows every run
             return
         try:
             self._finish(job, self.store.runs(job_id))

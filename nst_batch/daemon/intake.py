@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from ..engine import StyleParams
+from ..results.report import JobStatus
 from ..results.result import gif_frame_every
 from ..settings.config import Config
 from ..settings.problems import format_validation_error
@@ -57,7 +58,7 @@ class Intake:
     def recover(self) -> None:
         """Finish claims a crash or an error interrupted. A failure that was decided is finished
         with its reason; any other claim moves what is still in the inbox, then is admitted."""
-        for job in self.store.jobs("claiming"):
+        for job in self.store.jobs(JobStatus.CLAIMING):
             if job.error:
                 self._fail(job, job.error)
             else:
@@ -121,7 +122,7 @@ class Intake:
     def _fail(self, job: JobRecord, reason: str) -> None:
         self.store.record_error(job.id, reason)  # first: recover() finishes this failure after a crash
         folder = dispose_failure(self.folders, job.id, job.name, reason)
-        self.store.set_job_status(job.id, "failed", reason)
+        self.store.set_job_status(job.id, JobStatus.FAILED, reason)
         for name in job.files:
             if (signature := _signature(self.folders.inbox / name)) is not None:
                 self._left_behind[name] = signature

@@ -1,5 +1,5 @@
-"""Measuring memory on the real device: a run's peak, the budget, and the start-up probes that
-fit the memory model (``memory.fit``) to this device."""
+"""Measuring memory on the real device: a run's peak (``PeakMeter``), what is free now, and the
+start-up probes the memory model is fitted to (``memory.fit_model``)."""
 
 import ctypes
 import gc

@@ -12,7 +12,7 @@ A run's peak is modelled as
   autograd keeps for the backward pass;
 - ``constant`` and ``per_activation``: the framework's workspace and how much of the activations
   (and backward buffers) it really keeps; fitted on the device from probe runs at start-up and
-  from every measured peak since (``fit``).
+  from every measured peak since (``fit_model``).
 
 Multi-scale runs need what their largest scale needs. Time per iteration is modelled the same
 way: a constant plus a cost per activation byte (the work grows with the pixels).

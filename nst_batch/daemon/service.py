@@ -74,7 +74,7 @@ class Service:
                     self._heartbeat()
                     self.work.wait(BUSY_POLL_S)
                     self.work.clear()
-            self._finish()
+            self._drain()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -90,6 +90,7 @@ class Service:
             logger.info(f"removed {tidied} temporary file(s) or reserved folder(s) an interruption left behind")
         tuning.apply(self.config.performance, self.runner.device)
         network, _ = self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
+        self.capacity.budget = self.capacity.measure_budget()  # what is free once the network is in
         if self.config.scheduler.calibrate:
             self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
         gc.collect()  # nothing of start-up's garbage is frozen with what lives on
@@ -106,7 +107,7 @@ class Service:
         notify("READY=1", "STATUS=watching the inbox")
         logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
 
-    def _finish(self) -> None:
+    def _drain(self) -> None:
         self._announce_stop()
         notify("STOPPING=1")
         self.workers.join()  # each running run sees the stop, checkpoints and returns

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import StyleParams
-from ..results.report import ACTIVE, JobStatus, RunStatus
+from ..results.report import ACTIVE_JOBS, ACTIVE_RUNS, JobStatus, RunStatus
 from .memory import Need, Sample
 
 _SCHEMA = """
@@ -77,6 +77,7 @@ CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
 """
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -264,13 +265,13 @@ class Store:
             "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id "
             "WHERE runs.status=? AND jobs.status IN (?, ?) "
             "ORDER BY jobs.priority DESC, runs.job_id, runs.idx LIMIT ?",
-            (RunStatus.QUEUED, *ACTIVE, -1 if limit is None else limit),
+            (RunStatus.QUEUED, *ACTIVE_JOBS, -1 if limit is None else limit),
         )
         return [_run(r) for r in rows]
 
     def has_active_runs(self, job_id: int) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM runs WHERE job_id=? AND status IN (?, ?) LIMIT 1", (job_id, RunStatus.QUEUED, RunStatus.RUNNING)
+            "SELECT 1 FROM runs WHERE job_id=? AND status IN (?, ?) LIMIT 1", (job_id, *ACTIVE_RUNS)
         ).fetchone()
         return row is not None
 

@@ -154,7 +154,7 @@ Callback = Callable[[Progress], bool | None]
 
 @dataclass(frozen=True)
 class Member:
-    """One transfer of a batch: the arguments of a stylize() call (stage: inside the engine)."""
+    """One transfer of a batch: the arguments of a stylize() call (a run as the engine sees it)."""
 
     content: torch.Tensor
     styles: Sequence[torch.Tensor]

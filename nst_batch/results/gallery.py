@@ -327,9 +327,9 @@ def _params(results: Sequence[ResultReport]) -> str:
 
 def _losses(result: ResultReport) -> str:
     final = result.final_losses
-    if final is None:
+    if final is None or final.total is None:
         return ""
-    parts = f"content {_value(final.content)}, style {_value(final.style)}, tv {_value(final.tv)}"
+    parts = ", ".join(f"{k} {_value(getattr(final, k))}" for k in ("content", "style", "tv") if getattr(final, k) is not None)
     return f'<p class="losses">final loss <b>{_esc(_value(final.total))}</b> ({_esc(parts)})</p>'
 
 
@@ -340,7 +340,8 @@ def _strip(job: Job) -> str:
         label = result.label
         image = find_result_image(Path(job.folder), label, lambda p: p.name in job.names)
         thumb = f"{THUMBS}/{label}.jpg"
-        loss = f" · loss {_value(result.final_losses.total)}" if result.final_losses is not None else ""
+        final = result.final_losses
+        loss = f" · loss {_value(final.total)}" if final is not None and final.total is not None else ""
         picture = (
             f'<img src="{_href(job.folder, THUMBS, label + ".jpg")}" loading="lazy" decoding="async" alt="{_esc(label)}">'
             if job.has(thumb) else '<span class="missing">no picture</span>'

@@ -23,6 +23,8 @@ def publish(staging: Path, outbox: Path, name: str, report: JobReport) -> Path:
     Safe to repeat after a crash: a folder whose job.json has this job's id is ours already.
     A job with one result gets the plain names ``losses.csv`` and ``progress.gif``.
     """
+    if report.id is None:
+        raise ValueError("a job report without an id cannot be published: it could not be told apart")
     target, done = _destination(outbox, name, report.id)
     if done:
         return target
@@ -64,7 +66,7 @@ def _draw_sweep(staging: Path, report: JobReport) -> None:
         logger.bind(job=f"job-{report.id}").exception(f"{report.name}: could not draw sweep.jpg")
 
 
-def _destination(outbox: Path, name: str, job_id: int | None) -> tuple[Path, bool]:
+def _destination(outbox: Path, name: str, job_id: int) -> tuple[Path, bool]:
     """(where the job's folder goes, whether it is already there)."""
     for candidate in (outbox / n for n in numbered(name)):
         if _published_by(candidate) == job_id:

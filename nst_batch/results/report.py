@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .. import __version__
 from ..util.atomicio import atomic_write
@@ -48,20 +48,23 @@ class RunStatus(_State):
     FAILED = "failed"
 
 
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job or run in these has work left
+ACTIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job in these has work left
+ACTIVE_RUNS = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 _READ = ConfigDict(frozen=True, extra="ignore")
 
 
 class FinalLosses(BaseModel):
+    """The loss record of a result's last iteration; a field an edited file lacks stays None."""
+
     model_config = _READ
 
-    iteration: int = 0
-    content: float = 0.0
-    style: float = 0.0
-    tv: float = 0.0
-    total: float = 0.0
-    elapsed_s: float = 0.0
+    iteration: int | None = None
+    content: float | None = None
+    style: float | None = None
+    tv: float | None = None
+    total: float | None = None
+    elapsed_s: float | None = None
 
 
 class RunSummary(BaseModel):
@@ -86,7 +89,8 @@ class RunSummary(BaseModel):
 class ResultReport(RunSummary):
     """One result of a published job (stage: in job.json): what it was asked to be and how it ended."""
 
-    status: RunStatus = RunStatus.DONE
+    # A status this version does not know (an edited file) is kept as text, and is not done.
+    status: RunStatus | str = Field(RunStatus.DONE, union_mode="left_to_right")
     error: str | None = None
     content: str | None = None
     styles: tuple[str, ...] = ()
@@ -113,7 +117,7 @@ class JobReport(BaseModel):
 
     model_config = _READ
 
-    id: int | None = None
+    id: StrictInt | None = None  # strict: a folder whose job.json says "5" is not job 5's
     name: str = ""
     kind: str = ""  # pair | folder | sidecar
     status: JobStatus = JobStatus.DONE

@@ -185,6 +185,3 @@ def format_validation_error(
 ) -> str:
     """One line per problem of ``model.model_validate(given)``, each starting with ``source``."""
     return format_problems(source, validation_problems(error, model, given))
-
-
-# ---- loading ----

@@ -14,6 +14,7 @@ from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
 
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (str is written as UTF-8) in one atomic step."""
     with atomic_path(Path(path)) as temp:
