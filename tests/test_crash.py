@@ -25,7 +25,7 @@ import torch
 from daemon_helpers import Daemon, in_gallery, loss_rows, make_image, wait_for
 from loguru import logger
 
-from nst_batch.daemon import finishing
+from nst_batch.daemon import publisher
 from nst_batch.daemon.service import Service
 from nst_batch.settings.config import Config
 
@@ -240,7 +240,7 @@ def serving(tmp_path, monkeypatch):
 def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_returns(
     serving, monkeypatch, victim, where
 ) -> None:
-    monkeypatch.setattr(finishing, "NO_SPACE_RETRY_S", 0.3)
+    monkeypatch.setattr(publisher, "NO_SPACE_RETRY_S", 0.3)
     full = threading.Event()
     full.set()
     refused: list[str] = []

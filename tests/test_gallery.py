@@ -22,7 +22,7 @@ MAGENTA = (240, 0, 240)
 
 def publish_fake(outbox: Path, folder: str, job_id: int, name: str | None = None, finished: float = NOW - 600,
                  labels: tuple[str, ...] | None = None, colour=MAGENTA, failed_labels=(), compare=True, size=(32, 24)) -> Path:
-    """A job folder as finishing.job_report and outbox.publish leave it (with the run summaries merged)."""
+    """A job folder as publisher.job_report and outbox.publish leave it (with the run summaries merged)."""
     name = name or folder
     labels = labels or (folder,)
     path = outbox / folder

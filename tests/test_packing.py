@@ -11,6 +11,7 @@ import torch
 from daemon_helpers import serve_until_settled
 from PIL import Image
 
+from nst_batch.daemon import publisher as publisher_module
 from nst_batch.daemon import runner as runner_module
 from nst_batch.daemon.checkpoint import save_checkpoint
 from nst_batch.daemon.service import Service
@@ -197,7 +198,7 @@ def test_a_run_whose_image_is_not_the_recorded_shape_leaves_the_batch_and_runs_a
 def test_a_result_that_cannot_be_written_costs_only_its_own_run(tmp_path, monkeypatch):
     service = make_service(tmp_path, monkeypatch, max_batch=4)
     jobs = [queue_job(service, name) for name in ("one", "two", "three")]
-    real_write, broken = runner_module.write_run, []
+    real_write, broken = publisher_module.write_run, []
 
     def write(staging, output_format, run):
         if run.label == "two" and not broken:
@@ -205,7 +206,7 @@ def test_a_result_that_cannot_be_written_costs_only_its_own_run(tmp_path, monkey
             raise RuntimeError("a bug while writing")
         return real_write(staging, output_format, run)
 
-    monkeypatch.setattr(runner_module, "write_run", write)
+    monkeypatch.setattr(publisher_module, "write_run", write)
     serve_until_settled(service)
     assert broken == ["two"]
     assert [service.store.job(job).status for job in jobs] == ["done", "done", "done"]

@@ -69,6 +69,20 @@ def test_loss_plot_leaves_out_zeros_but_draws_the_rest_of_a_curve():
     assert sum(1 for text in figure.axes[0].texts if text.get_text() == "early stop") == 2
 
 
+def test_a_thread_draws_each_loss_plot_into_its_figure_afresh():
+    """The figure is reused: nothing of one run's plot (marks, title, a curve) stays in the next."""
+    first = plots.loss_figure(history(), scale_starts=[0, 30], early_stops=[EarlyStop(45, 1, 1e-4, 10, 1e-3)], title="cat")
+    second = plots.loss_figure([LossRecord(1, 0.0, 0.0, 0.0, 0.0, 0.1)], title=None)
+    assert second is first  # the same figure, drawn again
+    [axes] = second.axes
+    assert [text.get_text() for text in axes.texts] == ["no positive loss to draw"]
+    assert axes.get_title() == "" and axes.get_yscale() == "linear"
+    assert not [line for line in axes.lines if line.get_marker() == "v" or len(line.get_xdata()) > 0]
+    again = plots.loss_figure(history(), title="dog")
+    assert axes.get_yscale() == "log" and "no positive loss to draw" not in [t.get_text() for t in again.axes[0].texts]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["total", "content", "style", "tv (0, not drawn)"]
+
+
 def test_write_loss_plot_writes_a_png_with_the_curves_and_no_temp_file(tmp_path):
     path = tmp_path / "losses.png"
     plots.write_loss_plot(path, history(), [0, 30], [EarlyStop(60, 1, 1e-4, 10, 1e-3)])

@@ -118,7 +118,7 @@ def test_sigterm_stops_the_loop_says_why_once_from_the_main_thread_and_restores_
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the intake that breaks
 def test_a_dead_intake_thread_is_restarted_and_the_watchdog_waits_for_it(service, monkeypatch):
     events = []  # (what, monotonic time)
-    monkeypatch.setattr(service_module, "INTAKE_RESTART_S", 0.3)
+    monkeypatch.setattr(service_module, "INTAKE_RESTART_S", 2.5)  # two idle heartbeats while it is dead
     monkeypatch.setattr(service_module, "notify", lambda *fields: events.extend((f, time.monotonic()) for f in fields))
 
     class Intake:  # the first dies at once; the second works, and the service stops a second later
@@ -140,8 +140,9 @@ def test_a_dead_intake_thread_is_restarted_and_the_watchdog_waits_for_it(service
     died = next(when for what, when in events if what == "intake")
     restart = next(when for what, when in events if what == "restart")
     pings = [when for what, when in events if what == "WATCHDOG=1"]
-    assert restart - died >= 0.3  # not restarted at once...
-    assert not [when for when in pings if died < when < restart]  # ...and the watchdog was not fed meanwhile
+    assert restart - died >= 2.5  # not restarted at once...
+    # ...and the watchdog was not fed meanwhile (but for a ping in the moment the thread took to die)
+    assert not [when for when in pings if died + 0.25 < when < restart]
     assert [when for when in pings if when > restart]  # fed again once it runs
 
 

@@ -33,6 +33,8 @@ class Dispatcher:
         self.finisher.retry_unfinished()
         if self.finisher.held():  # finishing one failed again
             return 0
+        if len(self.workers.active) >= self.capacity.max_concurrent:  # no slot: nothing to read the queue for
+            return 0
         queued = [started for run in self._window() if (started := self._startable(run)) is not None]
         if not queued:
             return 0

@@ -2,7 +2,6 @@
 start-up probes the memory model is fitted to (``memory.fit_model``)."""
 
 import ctypes
-import gc
 import re
 from dataclasses import dataclass, field
 
@@ -26,19 +25,23 @@ def device_key(device: torch.device) -> str:
 class PeakMeter:
     """Peak memory of what runs inside ``with``, above what was in use when it began.
 
-    On a GPU: the caching allocator's peak counter. On the CPU: the process's peak resident
-    memory, reset through /proc/self/clear_refs after handing freed memory back to the OS (so a
-    run that reuses what an earlier one freed is still counted).
+    On a GPU: the caching allocator's peak counter, which it keeps on the host as it allocates,
+    so nothing waits for the device. On the CPU: the process's peak resident memory, reset
+    through /proc/self/clear_refs after handing freed memory back to the OS (so a run that reuses
+    what an earlier one freed is still counted). Both counters are the whole device's: work that
+    starts beside other work is not measured (``enabled=False``), and a peak is learned from only
+    when nothing ran beside it all along (``Work.shared``).
     """
 
     device: torch.device
+    enabled: bool = True
     peak_bytes: int = 0
     _base: int = field(default=0, repr=False)
 
     def __enter__(self) -> "PeakMeter":
-        gc.collect()
+        if not self.enabled:
+            return self
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
@@ -48,11 +51,9 @@ class PeakMeter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _proc_status("VmHWM")
+        if not self.enabled:
+            return
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _proc_status("VmHWM")
         self.peak_bytes = max(0, peak - self._base)
 
 

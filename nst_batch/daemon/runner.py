@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -29,12 +29,12 @@ from ..engine import (
     stylize_batch,
 )
 from ..engine.checks import result_problem
-from ..results.result import FinishedRun, write_run
+from ..results.result import FinishedRun
 from ..settings import tuning
 from ..settings.config import Config
 from ..util.errors import NstBatchError
 from ..util.imagefile import read_image
-from .checkpoint import checkpoint_due, frame_bytes, frame_pictures, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_due, frame_bytes, load_checkpoint, save_checkpoint
 from .folders import Folders
 from .inbox import LIBRARY_PREFIX
 from .store import JobRecord, RunRecord, Store
@@ -55,6 +55,14 @@ class Ending(str, Enum):
 
 
 @dataclass(frozen=True)
+class Unwritten:
+    """A done run's result, still to be written into its job's staging folder (by the publisher)."""
+
+    staging: Path
+    run: FinishedRun
+
+
+@dataclass(frozen=True)
 class Outcome:
     """An attempt's end, with what the memory model and the store learn from it (stage: ended,
     before the finisher records it)."""
@@ -65,6 +73,24 @@ class Outcome:
     last_scale_iterations: int = 0  # how deep the L-BFGS history got
     seconds: float = 0.0
     fp32: bool = True  # ran without reduced precision: its peak can teach the memory model
+    unwritten: Unwritten | None = field(default=None, repr=False)  # a done run's files, still to write
+
+    def written(self) -> "Outcome":
+        return replace(self, unwritten=None)
+
+
+def failure_outcome(error: Exception, context: str = "") -> Outcome:
+    """How an error ends an attempt (pure): the input's or parameters' fault, a full disk, out
+    of memory, or something unexpected that another attempt may not meet."""
+    if isinstance(error, NstBatchError):  # retrying cannot help
+        return Outcome(Ending.FAILED, f"{context}{error}")
+    if _no_space(error):
+        return Outcome(Ending.NO_SPACE, f"{context or 'no space left: '}{error}")
+    if _out_of_memory(error):
+        return Outcome(Ending.OUT_OF_MEMORY, f"out of memory: {str(error).splitlines()[0][:300]}")
+    if isinstance(error, OSError) and context:
+        return Outcome(Ending.RETRY, f"{context}{error}")
+    return Outcome(Ending.RETRY, f"{context}{type(error).__name__}: {error}")
 
 
 class Runner:
@@ -166,17 +192,12 @@ class Runner:
         return failures
 
     def _failure(self, seat: "_Seat", error: Exception) -> Outcome:
-        if isinstance(error, NstBatchError):  # the input or the parameters: retrying cannot help
-            return Outcome(Ending.FAILED, str(error))
-        if _no_space(error):
-            seat.log.warning(f"{seat.run.label}: {error}")
-            return Outcome(Ending.NO_SPACE, f"no space left: {error}")
-        if _out_of_memory(error):
-            shortage = f"out of memory: {str(error).splitlines()[0][:300]}"
-            seat.log.warning(f"{seat.run.label}: {shortage}")
-            return Outcome(Ending.OUT_OF_MEMORY, shortage)
-        seat.log.opt(exception=error).error(f"{seat.run.label}: unexpected error")
-        return Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")
+        outcome = failure_outcome(error)
+        if outcome.ending in (Ending.NO_SPACE, Ending.OUT_OF_MEMORY):
+            seat.log.warning(f"{seat.run.label}: {error if outcome.ending == Ending.NO_SPACE else outcome.error}")
+        elif outcome.ending == Ending.RETRY:
+            seat.log.opt(exception=error).error(f"{seat.run.label}: unexpected error")
+        return outcome
 
     def _release_memory(self, seats: list["_Seat"]) -> None:
         for seat in seats:
@@ -209,16 +230,13 @@ class Runner:
             return Outcome(Ending.UNUSABLE, problem)
         finished = FinishedRun(
             seat.job.label, run.label, run.content, run.styles, run.varying, params, seat.weights,
-            self.speed(params).autocast or "fp32", result, seat.content, seat.member.styles, frame_pictures(seat.frames),
+            self.speed(params).autocast or "fp32", result, seat.content, seat.member.styles, tuple(seat.frames),
         )
-        try:
-            write_run(self.folders.staging_dir(seat.job.id), self.config.output_format, finished)
-        except OSError as error:  # disk full, outbox unmounted: not done; the retry resumes from the checkpoint
-            return Outcome(Ending.NO_SPACE if _no_space(error) else Ending.RETRY, f"could not write the result: {error}")
         final = result.history[-1]
-        log.info(f"{run.label}: done in {final.elapsed_s:.1f} s, {final.iteration} iterations, loss {final.total:.4g}")
         last_scale = final.iteration - result.scale_starts[-1]
-        return Outcome(Ending.DONE, None, final.iteration, last_scale, final.elapsed_s, self.speed(params).autocast is None)
+        fp32 = self.speed(params).autocast is None
+        unwritten = Unwritten(self.folders.staging_dir(seat.job.id), finished)
+        return Outcome(Ending.DONE, None, final.iteration, last_scale, final.elapsed_s, fp32, unwritten)
 
     def _progress(
         self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"

@@ -1,6 +1,7 @@
 """`nst-batch serve`: the main loop, and nothing else. An intake thread turns inbox files into
 queued runs; the main thread starts what fits (``dispatch``) on worker threads, settles what
-ended (``finishing``), feeds the systemd watchdog and keeps the intake thread alive.
+ended (``finishing``), feeds the systemd watchdog and keeps the intake thread alive. The
+publisher's thread writes results and publishes jobs beside them.
 SIGTERM or SIGINT: no new run starts, the running ones checkpoint, exit 0."""
 
 import gc
@@ -19,6 +20,7 @@ from .dispatch import Dispatcher
 from .finishing import Finisher
 from .folders import Folders
 from .intake import Intake
+from .publisher import Publisher
 from .runner import Runner
 from .store import Store
 from .systemd import notify
@@ -44,8 +46,9 @@ class Service:
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
         self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat)
         self.capacity = Capacity(config, self.runner.device)
-        self.workers = Workers(self.runner, self.folders, self.stop, self.work.set)
-        self.finisher = Finisher(config, self.folders, self.store, self.capacity, self.runner.device)
+        self.publisher = Publisher(config, self.folders, self.runner.device)
+        self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
+        self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
         self.dispatcher = Dispatcher(
             self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts
         )
@@ -68,7 +71,7 @@ class Service:
             while not self.stop.is_set():
                 for work in self.workers.finished():
                     self.finisher.settle(work)
-                if not self.dispatcher.dispatch() and not self.workers.active:
+                if not self.dispatcher.dispatch() and not self.workers.busy:
                     self._idle()
                 else:
                     self._heartbeat()
@@ -98,8 +101,9 @@ class Service:
         # of the collector's sight, the collection before each run's peak measurement takes
         # microseconds instead of a fifth of a second.
         gc.freeze()
+        self.publisher.start()
         self.finisher.finish_active()
-        self.finisher.rebuild_gallery()
+        self.publisher.rebuild_gallery()
         # Watching before READY: a file written from then on is seen being written, so a copy
         # that stalls half way is never taken for a finished one.
         self.watcher.start()
@@ -110,9 +114,10 @@ class Service:
     def _drain(self) -> None:
         self._announce_stop()
         notify("STOPPING=1")
-        self.workers.join()  # each running run sees the stop, checkpoints and returns
+        self.workers.join()  # each running run sees the stop, checkpoints and returns; results are written
         for work in self.workers.finished():
             self.finisher.settle(work)
+        self.publisher.stop()  # after what the last runs finished is published
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
 
@@ -181,8 +186,7 @@ class Service:
     # --- the watchdog ----------------------------------------------------------------------
 
     def _idle(self) -> None:
-        if self.finisher.gallery_stale():
-            self.finisher.rebuild_gallery()
+        self.finisher.rebuild_gallery_if_stale()
         counts = self.store.counts()
         queued, done, failed = (counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED))
         notify(f"STATUS=idle; {queued} queued, {done} done, {failed} failed")

@@ -3,8 +3,10 @@
 Each piece of work (a run, or a batch of runs sharing the network's passes) gets a thread of
 its own, with its own database connection, and its peak memory measured. A peak is only worth
 learning from when one run had the device to itself, so each piece of work remembers whether
-another one ran beside it. The main thread starts work and collects what has finished; only it
-touches the job logs' sinks.
+another one ran beside it, and one that starts beside another is not measured at all. When the
+engine is done, the thread hands its results to the publisher and ends: the device is free for
+the next work while they are written. The main thread starts work and collects what has
+finished, files and all; only it touches the job logs' sinks.
 """
 
 import contextlib
@@ -17,6 +19,7 @@ from loguru import logger
 
 from .folders import Folders
 from .measure import PeakMeter
+from .publisher import Publisher
 from .runner import Ending, Outcome, Runner
 from .store import JobRecord, RunRecord, Store
 
@@ -31,6 +34,11 @@ class Work:
     outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
     thread: threading.Thread | None = field(default=None, repr=False)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
+
+    @property
+    def on_device(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
     @property
     def alone(self) -> bool:
@@ -42,48 +50,70 @@ class Work:
 
 
 class Workers:
-    def __init__(self, runner: Runner, folders: Folders, stop: threading.Event, on_finished: Callable[[], None]):
-        self.runner, self.folders, self.stop = runner, folders, stop
+    def __init__(
+        self, runner: Runner, folders: Folders, publisher: Publisher, stop: threading.Event, on_finished: Callable[[], None]
+    ):
+        self.runner, self.folders, self.publisher, self.stop = runner, folders, publisher, stop
         self.on_finished = on_finished
-        self.active: list[Work] = []
+        self._works: list[Work] = []  # started, not yet collected
         self._sinks: dict[int, tuple[int, int]] = {}  # job id -> (loguru sink, runs using it)
 
+    @property
+    def active(self) -> list[Work]:
+        """The work on the device now (its results may still be written after)."""
+        return [work for work in self._works if work.on_device]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any work is on the device or waiting for its files."""
+        return bool(self._works)
+
     def start(self, work: Work) -> None:
-        for other in self.active:
+        active = self.active
+        for other in active:
             other.shared = True
-        work.shared = bool(self.active)
+        work.shared = bool(active)
         for job, _ in work.runs:
             self._open_log(job)
         name = f"run-{work.runs[0][1].id}"
         work.thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
-        self.active.append(work)
+        self._works.append(work)
         work.thread.start()
 
     def finished(self) -> list[Work]:
-        done = [work for work in self.active if not work.thread.is_alive()]
+        done = [work for work in self._works if work.ended.is_set()]
         for work in done:
-            self.active.remove(work)
+            self._works.remove(work)
             for job, _ in work.runs:
                 self._close_log(job)
         return done
 
     def join(self) -> None:
-        for work in list(self.active):
-            work.thread.join()
+        """Wait for all started work, on the device and then its files."""
+        for work in list(self._works):
+            work.ended.wait()
 
     def _run(self, work: Work) -> None:
         store = Store(self.folders.state)
         try:
-            with PeakMeter(self.runner.device) as meter, _own_stream(self.runner.device):
-                work.outcomes = self.runner.run_batch(work.runs, self.stop, store)
+            with PeakMeter(self.runner.device, enabled=not work.shared) as meter, _own_stream(self.runner.device):
+                outcomes = self.runner.run_batch(work.runs, self.stop, store)
             work.peak_bytes = meter.peak_bytes
         except Exception as error:  # a bug, not the runs' fault: report it as a retry
             for job, run in work.runs:
                 logger.bind(job=job.label).opt(exception=error).error(f"{run.label}: worker failed")
-            work.outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
+            outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
-            self.on_finished()
+        if any(outcome.unwritten is not None for outcome in outcomes):
+            self.publisher.write(outcomes, then=lambda written: self._end(work, written))
+        else:
+            self._end(work, outcomes)
+
+    def _end(self, work: Work, outcomes: list[Outcome]) -> None:
+        work.outcomes = outcomes
+        work.ended.set()
+        self.on_finished()
 
     def _open_log(self, job: JobRecord) -> None:
         sink, users = self._sinks.get(job.id, (None, 0))

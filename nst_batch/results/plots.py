@@ -9,6 +9,7 @@ is looked up on the system or fetched.
 """
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -51,62 +52,91 @@ def write_loss_plot(
     """
     figure = loss_figure(history, scale_starts, early_stops, title)
     with atomic_path(path) as temp:
-        figure.savefig(temp, format="png")
+        # Fast zlib: a loss plot is mostly flat colour, and the default level costs 4x the time.
+        figure.savefig(temp, format="png", pil_kwargs={"compress_level": 1})
 
 
 def loss_figure(
     history: Sequence[Any], scale_starts: Sequence[int] = (), early_stops: Sequence[Any] = (), title: str | None = None
 ):
-    """The matplotlib Figure that ``write_loss_plot`` saves, on its own Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
+    """The matplotlib Figure that ``write_loss_plot`` saves, on its own Agg canvas. Each thread
+    draws into one figure of its own, made once: making the figure, its axes and its legend cost
+    more than drawing the curves."""
+    plot = getattr(_loss_plots, "plot", None)
+    if plot is None:
+        plot = _loss_plots.plot = _LossPlot()
+    return plot.draw([_record(r) for r in history], scale_starts, early_stops, title)
 
-    rows = [_record(r) for r in history]
-    iterations = [r["iteration"] for r in rows]
-    # A fixed layout: a constrained-layout solve took most of the 0.1 s this plot cost per result.
-    figure = Figure(figsize=(8, 4.5), dpi=100)
-    figure.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.92)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    drawn = False
-    for name, colour in CURVES:
-        values = [r[name] for r in rows]
-        positive = [v if v > 0 and math.isfinite(v) else math.nan for v in values]
-        if all(math.isnan(v) for v in positive):
-            axes.plot([], [], color=colour, label=f"{name} (0, not drawn)" if rows else name)
-            continue
-        axes.plot(iterations, positive, color=colour, linewidth=2.0 if name == "total" else 1.2, label=name)
-        drawn = True
-    if drawn:
-        axes.set_yscale("log")
-        axes.yaxis.set_minor_locator(NullLocator())  # dozens of unlabelled ticks cost a third of the drawing
-    else:
-        axes.text(0.5, 0.5, "no positive loss to draw" if rows else "no iterations", ha="center", va="center",
-                  transform=axes.transAxes)
-    for number, start in enumerate(scale_starts, start=1):
-        if start > 0:
-            axes.axvline(start, color="#888888", linestyle="--", linewidth=1)
-            axes.annotate(f"scale {number}", xy=(start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                          textcoords="offset points", fontsize=9, color="#555555")
-    by_iteration = {r["iteration"]: r["total"] for r in rows}
-    for stop in early_stops:
-        at = _stop_iteration(stop)
-        total = by_iteration.get(at)
-        if at is None or total is None or not (total > 0 and math.isfinite(total)):
-            if at is not None:
-                axes.axvline(at, color="#ff7f0e", linestyle=":", linewidth=1.5)
-            continue
-        axes.plot([at], [total], marker="v", markersize=9, color="#ff7f0e", linestyle="none")
-        axes.annotate("early stop", xy=(at, total), xytext=(-8, 12), textcoords="offset points", ha="right",
-                      fontsize=9, color="#ff7f0e")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("loss (weighted)" + (", log scale" if drawn else ""))
-    if title:
-        axes.set_title(title, fontsize=11, y=1.0)  # a fixed place: no search for one above the ticks
-    axes.grid(True, which="major", alpha=0.3)
-    axes.legend(loc="upper right", fontsize=9)
-    return figure
+
+class _LossPlot:
+    """One reusable loss figure: the axes, four curves and the legend stay; what depends on the
+    run (marks of scales and early stops, the title, the scale of the y axis) is redrawn."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, NullLocator
+
+        # A fixed layout: a constrained-layout solve took most of the 0.1 s this plot once cost.
+        self.figure = Figure(figsize=(8, 4.5), dpi=100)
+        self.figure.subplots_adjust(left=0.12, right=0.98, bottom=0.11, top=0.92)
+        FigureCanvasAgg(self.figure)
+        self.axes = self.figure.add_subplot()
+        self.curves = {
+            name: self.axes.plot([], [], color=colour, linewidth=2.0 if name == "total" else 1.2, label=name)[0]
+            for name, colour in CURVES
+        }
+        self.axes.set_xlabel("iteration")
+        self.axes.grid(True, which="major", alpha=0.3)
+        self.legend = self.axes.legend(loc="upper right", fontsize=9)
+        self._null_locator, self._plain = NullLocator, FuncFormatter(lambda value, _: f"{value:g}")
+        self.marks: list[Any] = []  # this run's: removed before the next one is drawn
+
+    def draw(self, rows: list[dict[str, float]], scale_starts: Sequence[int], early_stops: Sequence[Any], title: str | None):
+        axes = self.axes
+        for mark in self.marks:
+            mark.remove()
+        self.marks = []
+        iterations = [r["iteration"] for r in rows]
+        drawn = False
+        for (name, _), label in zip(CURVES, self.legend.get_texts(), strict=True):
+            positive = [v if v > 0 and math.isfinite(v) else math.nan for v in (r[name] for r in rows)]
+            empty = all(math.isnan(v) for v in positive)
+            self.curves[name].set_data([] if empty else iterations, [] if empty else positive)
+            self.curves[name].set_label(f"{name} (0, not drawn)" if empty and rows else name)
+            label.set_text(self.curves[name].get_label())
+            drawn |= not empty
+        axes.set_yscale("log" if drawn else "linear")
+        if drawn:
+            axes.yaxis.set_minor_locator(self._null_locator())  # dozens of unlabelled ticks cost a third of the drawing
+            axes.yaxis.set_major_formatter(self._plain)  # 1e+06, not $10^{6}$: no mathtext to typeset
+        else:
+            self.marks.append(axes.text(0.5, 0.5, "no positive loss to draw" if rows else "no iterations",
+                                        ha="center", va="center", transform=axes.transAxes))
+        axes.relim()
+        axes.autoscale_view()
+        for number, start in enumerate(scale_starts, start=1):
+            if start > 0:
+                self.marks.append(axes.axvline(start, color="#888888", linestyle="--", linewidth=1))
+                self.marks.append(axes.annotate(f"scale {number}", xy=(start, 1), xycoords=("data", "axes fraction"),
+                                                xytext=(3, -12), textcoords="offset points", fontsize=9, color="#555555"))
+        by_iteration = {r["iteration"]: r["total"] for r in rows}
+        for stop in early_stops:
+            at = _stop_iteration(stop)
+            total = by_iteration.get(at)
+            if at is None or total is None or not (total > 0 and math.isfinite(total)):
+                if at is not None:
+                    self.marks.append(axes.axvline(at, color="#ff7f0e", linestyle=":", linewidth=1.5))
+                continue
+            self.marks += axes.plot([at], [total], marker="v", markersize=9, color="#ff7f0e", linestyle="none")
+            self.marks.append(axes.annotate("early stop", xy=(at, total), xytext=(-8, 12), textcoords="offset points",
+                                            ha="right", fontsize=9, color="#ff7f0e"))
+        axes.set_ylabel("loss (weighted)" + (", log scale" if drawn else ""))
+        axes.set_title(title or "", fontsize=11, y=1.0)  # a fixed place: no search for one above the ticks
+        return self.figure
+
+
+_loss_plots = threading.local()
 
 
 def _record(record: Any) -> dict[str, float]:

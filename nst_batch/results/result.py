@@ -78,7 +78,9 @@ def write_result(
 
 
 def write_gif(path: Path, frames: Sequence[torch.Tensor], max_side: int = 512, frame_ms: int = 100) -> None:
-    """An animated GIF of the frames, all at the last frame's size (frames of coarse scales grow)."""
+    """An animated GIF of the frames, all at the last frame's size (frames of coarse scales grow).
+    A frame is an image in [0, 1], or 8-bit (as checkpoints keep them)."""
+    frames = [f.float() / 255 if f.dtype == torch.uint8 else f for f in frames]
     last = resize_long_side(frames[-1], min(max_side, max(frames[-1].shape[-2:])))
     shape = tuple(last.shape[-2:])
     pictures = [_pil(torch.nn.functional.interpolate(f, size=shape, mode="bilinear")) for f in frames]
@@ -142,7 +144,7 @@ class FinishedRun:
     result: Result
     content_image: torch.Tensor
     style_images: Sequence[torch.Tensor]
-    frames: Sequence[torch.Tensor] = ()  # the progress GIF's, without the result
+    frames: Sequence[torch.Tensor] = ()  # the progress GIF's, without the result; 8-bit or in [0, 1]
 
 
 def write_run(staging: Path, output_format: str, run: FinishedRun) -> ResultFiles:
