@@ -41,7 +41,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nst_batch.daemon import dispatch, finishing, publisher, runner, service  # noqa: E402
+from nst_batch.daemon import dispatch, finishing, runner, service  # noqa: E402
+
+try:
+    from nst_batch.daemon import publisher  # noqa: E402
+except ImportError:  # before the publisher thread: results were written on the run's thread
+    publisher = None
 from nst_batch.results import gallery  # noqa: E402
 from nst_batch.settings.config import Config  # noqa: E402
 
@@ -73,10 +78,14 @@ def timed(part: str, function):
 
 
 def instrument() -> None:
+    """Timers around the parts, wherever this version of nst-batch has them (the benchmark also
+    runs on commits from before the publisher, for side-by-side figures)."""
     runner.stylize_batch = timed("engine", runner.stylize_batch)
     runner.Runner.run_batch = timed_run_thread(runner.Runner.run_batch)
-    publisher.write_run = timed("finishing", publisher.write_run)
-    publisher.publish = timed("finishing", publisher.publish)
+    for module in (publisher, runner, finishing):
+        for name, part in (("write_run", "finishing"), ("publish", "finishing")):
+            if module is not None and hasattr(module, name):
+                setattr(module, name, timed(part, getattr(module, name)))
     gallery.rebuild = timed("finishing", gallery.rebuild)
     finishing.Finisher.settle = timed("settling", finishing.Finisher.settle)
     dispatch.Dispatcher.dispatch = timed("dispatch", dispatch.Dispatcher.dispatch)

@@ -89,6 +89,14 @@ def writing(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
     return lambda: any(p.name.endswith(".tmp") for p in files_under(daemon.outbox / ".staging"))
 
 
+def ended(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
+    """A run is recorded done, its files written, and its job is not published yet: the results
+    wait for the publisher's thread."""
+    return lambda: bool(daemon.query(
+        "SELECT runs.id FROM runs JOIN jobs ON jobs.id = runs.job_id WHERE runs.status='done' AND jobs.status != 'done'"
+    ))
+
+
 def publishing(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
     """A result folder has just appeared in the outbox; its job is not recorded done yet."""
     published = {p.name for p in daemon.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")}
@@ -103,7 +111,7 @@ def anytime(daemon: Daemon, rng: random.Random) -> Callable[[], bool]:
     return lambda: time.monotonic() > deadline
 
 
-MOMENTS = [claiming, optimizing, writing, publishing, anytime, writing]
+MOMENTS = [claiming, optimizing, writing, ended, publishing, anytime, writing]
 
 
 def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) -> None:
@@ -129,7 +137,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) 
         daemon.start()
 
     # The moments are seeded and the work is paced by the pauses: each one is reached.
-    assert {"claiming", "optimizing", "writing", "publishing"} <= set(hit), hit
+    assert {"claiming", "optimizing", "writing", "ended", "publishing"} <= set(hit), hit
 
     daemon.wait(
         lambda: len(daemon.query("SELECT id FROM jobs WHERE status IN ('done', 'failed')")) == len(JOBS),

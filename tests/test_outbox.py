@@ -1,13 +1,16 @@
 """Publishing a job's folder: one rename, never over someone else's folder, safe to repeat."""
 
+import errno
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from nst_batch.engine import LossRecord
-from nst_batch.results.outbox import publish
-from nst_batch.results.report import JobReport, ResultReport, RunStatus
+from nst_batch.results import outbox as outbox_module
+from nst_batch.results.outbox import SWEEP_MAX_RESULTS, publish
+from nst_batch.results.report import JobReport, ResultReport, RunStatus, read_report
 from nst_batch.results.result import loss_log_text, write_gif
 
 
@@ -61,3 +64,41 @@ def test_a_repair_and_an_early_stop_are_in_the_loss_logs_note_column():
                     repairs=[repair])
     rows = loss_log_text(history, result_notes(result)).splitlines()
     assert rows[1].endswith(",") and "repair at iteration 2" in rows[2] and "early stop at iteration 3" in rows[3]
+
+
+def sweep_job(outbox, count: int):
+    staging = outbox / ".staging" / "job-9"
+    staging.mkdir(parents=True)
+    results = []
+    for i in range(count):
+        Image.new("RGB", (4, 4), (i % 256, 0, 0)).save(staging / f"sw={i}.png")
+        results.append(ResultReport(label=f"sw={i}", status=RunStatus.DONE, content="c.png", varying={"sw": i}))
+    return staging, JobReport(id=9, name="sweep", results=tuple(results))
+
+
+def test_a_sweep_gets_its_sheet_and_a_folder_of_thousands_none(tmp_path):
+    outbox = tmp_path / "outbox"
+    staging, report = sweep_job(outbox, 3)
+    assert (publish(staging, outbox, "small", report) / "sweep.jpg").is_file()
+    staging, report = sweep_job(outbox, SWEEP_MAX_RESULTS + 1)
+    big = publish(staging, outbox, "big", report)
+    assert not (big / "sweep.jpg").exists() and len(read_report(big / "job.json").results) == SWEEP_MAX_RESULTS + 1
+
+
+def test_a_sweep_sheet_that_cannot_be_drawn_costs_nothing_but_a_full_disk_is_retried(tmp_path, monkeypatch):
+    outbox = tmp_path / "outbox"
+    staging, report = sweep_job(outbox, 3)
+
+    def broken(path, entries):
+        raise OSError("broken data stream when writing image file")  # what Pillow says of a sheet too large
+
+    monkeypatch.setattr(outbox_module, "write_sweep_sheet", broken)
+    folder = publish(staging, outbox, "sweep", report)
+    assert (folder / "job.json").is_file() and not (folder / "sweep.jpg").exists()
+
+    staging, report = sweep_job(outbox, 3)
+    monkeypatch.setattr(outbox_module, "write_sweep_sheet", lambda path, entries: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError):
+        publish(staging, outbox, "again", report)
+    assert staging.is_dir() and not (outbox / "again").exists()  # nothing published: tried again later

@@ -3,7 +3,6 @@ checkpoint every N iterations, stop when asked, and hand their results to the re
 which writes them into their jobs' staging folders. Runs of one shape may go through together,
 as one batch (``engine.stylize_batch``); each still ends on its own. The network of each backbone is loaded once and kept."""
 
-import errno
 import gc
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from ..engine.checks import result_problem
 from ..results.result import FinishedRun
 from ..settings import tuning
 from ..settings.config import Config
-from ..util.errors import NstBatchError
+from ..util.errors import NstBatchError, disk_full
 from ..util.imagefile import read_image
 from .checkpoint import checkpoint_due, frame_bytes, load_checkpoint, save_checkpoint
 from .folders import Folders
@@ -301,11 +300,8 @@ def _start_image(seat: "_Seat") -> torch.Tensor | None:
 
 
 def _no_space(error: Exception) -> bool:
-    """A full disk or quota (SQLite says "database or disk is full"): not the run's fault, and
-    worth trying again once there is space."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+    """A full disk or quota (SQLite says "database or disk is full")."""
+    return disk_full(error) or (isinstance(error, sqlite3.OperationalError) and "full" in str(error))
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -7,10 +7,12 @@ from pathlib import Path
 from loguru import logger
 
 from ..util.atomicio import atomic_write, fsync_dir, is_temp_name
+from ..util.errors import disk_full
 from ..util.names import numbered
 from .plots import sweep_entries, write_sweep_sheet
 from .report import JobReport, read_report, read_summary
 
+SWEEP_MAX_RESULTS = 256
 # a job with one result names its files plainly: losses.csv, not cat.losses.csv
 SINGLE_RESULT_NAMES = ("losses.csv", "progress.gif", "losses.png", "compare.jpg")
 
@@ -53,17 +55,22 @@ def publish(staging: Path, outbox: Path, name: str, report: JobReport) -> Path:
 
 
 def _draw_sweep(staging: Path, report: JobReport) -> None:
-    """sweep.jpg: the results of a many-result job side by side, labelled with what varies."""
+    """sweep.jpg: the results of a many-result job side by side, labelled with what varies; none
+    for more than SWEEP_MAX_RESULTS (a folder of 5000 photos), whose sheet no one could read."""
+    log = logger.bind(job=f"job-{report.id}")
     if (staging / "sweep.jpg").exists():  # a result may itself be called sweep.jpg
+        return
+    if len(report.results) > SWEEP_MAX_RESULTS:
+        log.info(f"{report.name}: no sweep.jpg for {len(report.results)} results (at most {SWEEP_MAX_RESULTS})")
         return
     try:
         entries = sweep_entries(staging, report.results)
         if entries:
             write_sweep_sheet(staging / "sweep.jpg", entries)
-    except OSError:
-        raise
-    except Exception:  # a picture that cannot be drawn must not cost the job
-        logger.bind(job=f"job-{report.id}").exception(f"{report.name}: could not draw sweep.jpg")
+    except Exception as error:  # a picture that cannot be drawn must not cost the job; a full disk is retried
+        if disk_full(error):
+            raise
+        log.opt(exception=error).error(f"{report.name}: could not draw sweep.jpg")
 
 
 def _destination(outbox: Path, name: str, job_id: int) -> tuple[Path, bool]:

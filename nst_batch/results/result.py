@@ -18,6 +18,7 @@ from .. import __version__
 from ..engine import LossRecord, Result, StyleParams, WeightsInfo
 from ..engine.images import resize_long_side
 from ..util.atomicio import atomic_path, atomic_write
+from ..util.errors import disk_full
 from ..util.imagefile import write_image
 from .plots import write_compare, write_loss_plot
 from .report import FinalLosses, RunSummary, write_summary
@@ -183,7 +184,7 @@ def _draw(run: FinishedRun, files: ResultFiles) -> None:
     try:
         write_loss_plot(files.plot, result.history, result.scale_starts, result.early_stops, title=run.label)
         write_compare(files.compare, run.content_image, run.style_images, result.image, captions=names)
-    except OSError:
-        raise  # a full disk: the same retry as every other write
-    except Exception:  # a picture that cannot be drawn must not cost the result
-        logger.bind(job=run.job).exception(f"{run.label}: could not draw losses.png or compare.jpg")
+    except Exception as error:  # a picture that cannot be drawn must not cost the result
+        if disk_full(error):
+            raise  # the same retry as every other write
+        logger.bind(job=run.job).opt(exception=error).error(f"{run.label}: could not draw losses.png or compare.jpg")

@@ -4,6 +4,8 @@ The CLI prints such an error as one line and exits with status 2; anything else 
 and may show a traceback.
 """
 
+import errno
+
 
 class NstBatchError(Exception):
     """A problem the user can fix; str(error) says what was wrong and how to fix it."""
@@ -27,3 +29,9 @@ class DeviceError(NstBatchError):
 
 class DivergedError(NstBatchError):
     """The optimization blew up (a NaN or infinite loss)."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write refused for want of space (ENOSPC) or quota (EDQUOT): nobody's input's fault,
+    and worth trying again once there is space."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
