@@ -34,11 +34,12 @@ class Work:
     outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
     thread: threading.Thread | None = field(default=None, repr=False)
+    left_device: threading.Event = field(default_factory=threading.Event, repr=False)  # its results handed on
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
 
     @property
     def on_device(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.thread is not None and not self.left_device.is_set()
 
     @property
     def alone(self) -> bool:
@@ -105,8 +106,12 @@ class Workers:
             outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
-        if any(outcome.unwritten is not None for outcome in outcomes):
+        to_write = any(outcome.unwritten is not None for outcome in outcomes)
+        if to_write:
             self.publisher.write(outcomes, then=lambda written: self._end(work, written))
+        work.left_device.set()
+        if to_write:
+            self.on_finished()  # the device is free: the main loop may start the next work now
         else:
             self._end(work, outcomes)
 
