@@ -91,10 +91,6 @@ class Publisher:
             self._thread.join()
             self._thread = None
 
-    def drain(self) -> None:
-        """Wait until everything asked for so far is done."""
-        self._tasks.join()
-
     def _serve(self) -> None:
         store = Store(self.folders.state)  # a connection of its own: SQLite objects stay in their thread
         try:
@@ -104,16 +100,14 @@ class Publisher:
                 except queue.Empty:
                     self._rebuild_gallery(store)
                     continue
+                if task is None:  # stop, with the gallery up to date
+                    if self._gallery_due is not None:
+                        self._rebuild_gallery(store)
+                    return
                 try:
-                    if task is None:  # stop, with the gallery up to date
-                        if self._gallery_due is not None:
-                            self._rebuild_gallery(store)
-                        return
                     task(store)
                 except Exception:  # a bug: logged, and the thread goes on with the next task
                     logger.exception("the publisher failed a task")
-                finally:
-                    self._tasks.task_done()
                 if self._gallery_due is not None and self._tasks.empty() and time.monotonic() >= self._gallery_due:
                     self._rebuild_gallery(store)
         finally:
