@@ -6,6 +6,8 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,12 +15,13 @@ from daemon_helpers import serve_until_settled
 from loguru import logger
 
 from nst_batch.daemon import dispatch as dispatch_module
+from nst_batch.daemon import publisher as publisher_module
 from nst_batch.daemon import service as service_module
 from nst_batch.daemon.intake import Scan
-from nst_batch.daemon.runner import Ending, Outcome
+from nst_batch.daemon.runner import Ending, Outcome, Unwritten
 from nst_batch.daemon.service import Service
 from nst_batch.daemon.store import RunSpec
-from nst_batch.engine import StyleParams
+from nst_batch.engine import LossRecord, StyleParams
 from nst_batch.settings.config import Config
 
 
@@ -51,8 +54,8 @@ def make_service(tmp_path, monkeypatch):
     )
     made = []
 
-    def make(outcome: Outcome = Outcome(Ending.DONE)) -> Service:
-        made.append(Service(config, runner=FakeRunner(outcome)))
+    def make(outcome: Outcome = Outcome(Ending.DONE), runner=None) -> Service:
+        made.append(Service(config, runner=runner or FakeRunner(outcome)))
         return made[-1]
 
     yield make
@@ -167,3 +170,44 @@ def test_when_every_run_fails_the_log_goes_to_failed_with_the_inputs(make_servic
     assert sorted(p.name for p in failed.iterdir()) == ["cat.content.png", "error.txt", "log.txt"]
     assert "pretending to run" in (failed / "log.txt").read_text()
     assert not service.folders.staging_dir(job_id).exists()
+
+
+class WritingRunner(FakeRunner):
+    """Each run ends done, with a result for the publisher to write."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = []
+
+    def run_batch(self, runs, stop, store):
+        outcomes = []
+        for job, run in runs:
+            self.started.append(run.label)
+            fake = SimpleNamespace(job=job.label, label=run.label, result=SimpleNamespace(history=[LossRecord(1, 1.0, 1.0, 0.0, 2.0, 0.1)]))
+            outcomes.append(Outcome(Ending.DONE, iterations=1, unwritten=Unwritten(Path("unused"), fake)))
+        return outcomes
+
+
+def test_the_next_run_starts_while_the_last_ones_files_are_still_being_written(make_service, monkeypatch):
+    service = make_service(runner=WritingRunner())
+    for name in ("one", "two"):
+        queued_job(service, name)
+    disk, written = threading.Event(), []
+
+    def slow_write_run(staging, output_format, run):
+        if run.label == "one":
+            assert disk.wait(20)  # one's files wait until two has started
+        written.append(run.label)
+
+    monkeypatch.setattr(publisher_module, "write_run", slow_write_run)
+    threading.Thread(target=lambda: (wait_until(lambda: "two" in service.runner.started), disk.set()), daemon=True).start()
+    serve_until_settled(service)
+    assert service.runner.started == ["one", "two"] and written == ["one", "two"]
+    assert [job.status for job in service.store.all_jobs()] == ["done", "done"]
+
+
+def wait_until(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

@@ -33,11 +33,6 @@ def frame_bytes(frame: torch.Tensor) -> torch.Tensor:
     return (frame.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def frame_pictures(frames: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Frames kept by ``frame_bytes`` as images in [0, 1] again."""
-    return [frame.float() / 255 for frame in frames]
-
-
 def save_checkpoint(path: Path, state: RunState, frames: list[torch.Tensor], params: StyleParams, log=logger) -> bool:
     """Save, or warn and go on: a full state disk must not end the run, and the previous
     checkpoint, replaced atomically, stays valid. Every failure is caught because torch reports

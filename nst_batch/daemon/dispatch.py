@@ -30,8 +30,7 @@ class Dispatcher:
         """Start every queued run (or batch) that fits now; return how many pieces of work started."""
         if self.finisher.held():
             return 0
-        self.finisher.retry_unfinished()
-        if self.finisher.held():  # finishing one failed again
+        if self.finisher.retry_unfinished():  # jobs asked for again: start nothing until they are tried
             return 0
         if len(self.workers.active) >= self.capacity.max_concurrent:  # no slot: nothing to read the queue for
             return 0

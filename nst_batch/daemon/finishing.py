@@ -99,8 +99,8 @@ class Finisher:
         for job in self.store.jobs(*ACTIVE_JOBS):
             self.finish_if_complete(job.id)
 
-    def retry_unfinished(self) -> None:
-        self.publisher.retry_unfinished()
+    def retry_unfinished(self) -> bool:
+        return self.publisher.retry_unfinished()
 
     def finish_if_complete(self, job_id: int) -> None:
         """Have a job whose runs have all ended published (on the publisher's thread)."""

@@ -10,8 +10,9 @@ Bounded: at most ``WRITES_WAITING`` pieces of work wait to be written; a worker 
 holding its place on the device, rather than memory growing without limit. Durable: a run is
 recorded done only once its files are written, and publishing is a rename that can be repeated,
 so a crash anywhere in between publishes each result exactly once (the run is redone from its
-checkpoint). A full disk *holds* everything for ``NO_SPACE_RETRY_S``: nothing starts and
-nothing is published, then both are tried again.
+checkpoint). A full disk *holds* the queue for ``NO_SPACE_RETRY_S``: no run starts and no job is
+published, then both are tried again. Another failure to publish is logged and tried again after
+the same pause, without holding the rest.
 """
 
 import queue
@@ -30,7 +31,7 @@ from ..results.result import write_run
 from ..settings.config import Config
 from .claims import dispose_failure, dispose_success
 from .folders import Folders
-from .runner import Ending, Outcome, failure_outcome
+from .runner import Ending, Outcome, failure_outcome, no_space
 from .store import JobRecord, RunRecord, Store
 
 # A full disk: no run starts, nor is a finished job published, for this long; then they are tried
@@ -65,24 +66,33 @@ def job_report(job: JobRecord, runs: list[RunRecord], device: torch.device) -> J
 
 
 class Publisher:
+    """The finishing thread (see the module's doc). ``write`` and ``publish`` may be called from
+    any thread; everything else of it runs on its own."""
+
     def __init__(self, config: Config, folders: Folders, device: torch.device):
         self.config, self.folders, self.device = config, folders, device
         self._tasks: queue.Queue[Callable[[Store], None] | None] = queue.Queue()
         self._write_slots = threading.BoundedSemaphore(WRITES_WAITING)
         self._lock = threading.Lock()
         self._pending: set[int] = set()  # jobs waiting to be published
-        self._unfinished: set[int] = set()  # jobs whose publication failed (a full disk); retried
+        self._unfinished: set[int] = set()  # jobs whose publication failed; retried after _retry_at
+        self._retry_at = 0.0
         self._held_until = 0.0  # monotonic time before which nothing starts or is published
         self._gallery_due: float | None = None  # monotonic time of the next wanted rebuild
         self._gallery_built = 0.0
         self._gallery_failures = -1  # failed jobs the gallery shows; -1: not built yet
         self._thread: threading.Thread | None = None
+        self.writes_begun = 0  # how many pieces of work it has begun writing, ever
+        self.writing = False
 
     # --- the thread ------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Finish everything asked for so far, then end the thread."""
@@ -108,7 +118,7 @@ class Publisher:
                     task(store)
                 except Exception:  # a bug: logged, and the thread goes on with the next task
                     logger.exception("the publisher failed a task")
-                if self._gallery_due is not None and self._tasks.empty() and time.monotonic() >= self._gallery_due:
+                if self._gallery_due is not None and time.monotonic() >= self._gallery_due:  # even while busy
                     self._rebuild_gallery(store)
         finally:
             store.close()
@@ -137,11 +147,20 @@ class Publisher:
         self._tasks.put(lambda store: self._write(outcomes, then))
 
     def _write(self, outcomes: Sequence[Outcome], then: Callable[[list[Outcome]], None]) -> None:
+        written = list(outcomes)
+        self.writes_begun += 1
+        self.writing = True
         try:
-            written = [self._written(outcome) for outcome in outcomes]
+            for i, outcome in enumerate(outcomes):
+                try:
+                    written[i] = self._written(outcome)
+                except Exception as error:  # a bug: the run is tried again, and its work still ends
+                    logger.exception("the publisher could not write a result")
+                    written[i] = Outcome(Ending.RETRY, f"could not write the result: {type(error).__name__}: {error}")
         finally:
+            self.writing = False
             self._write_slots.release()
-        then(written)
+            then(written)  # always: a work whose outcomes never come would hold the daemon for good
 
     def _written(self, outcome: Outcome) -> Outcome:
         if outcome.unwritten is None:
@@ -152,6 +171,8 @@ class Publisher:
             write_run(staging, self.config.output_format, run)
         except Exception as error:  # the disk full, the outbox unmounted: not done; the retry resumes from the checkpoint
             failed = failure_outcome(error, "could not write the result: ")
+            if failed.ending == Ending.OUT_OF_MEMORY:  # the host's memory, writing: nothing for the device's model
+                failed = Outcome(Ending.RETRY, failed.error)
             if failed.ending == Ending.RETRY:  # not the disk: a bug, with its traceback
                 log.opt(exception=error).error(f"{run.label}: {failed.error}")
             else:
@@ -171,11 +192,15 @@ class Publisher:
             self._pending.add(job_id)
         self._tasks.put(lambda store: self._publish(store, job_id))
 
-    def retry_unfinished(self) -> None:
+    def retry_unfinished(self) -> bool:
+        """Ask again for the jobs whose publication failed, once their pause is over; whether any were."""
         with self._lock:
+            if not self._unfinished or time.monotonic() < self._retry_at:
+                return False
             unfinished, self._unfinished = self._unfinished, set()
         for job_id in sorted(unfinished):
             self.publish(job_id)
+        return True
 
     def _publish(self, store: Store, job_id: int) -> None:
         with self._lock:
@@ -189,10 +214,16 @@ class Publisher:
             return
         try:
             self._finish(store, job, store.runs(job_id))
-        except OSError as error:
+        except Exception as error:  # each step can be repeated: it is tried again later
             with self._lock:
                 self._unfinished.add(job_id)
-            self.hold(f"{job.name}: could not finish the job: {error}")
+                self._retry_at = time.monotonic() + NO_SPACE_RETRY_S
+            if no_space(error):
+                self.hold(f"{job.name}: could not finish the job: {error}")
+            else:
+                logger.bind(job=job.label).opt(exception=error).error(
+                    f"{job.name}: could not finish the job: {error}; trying again in {NO_SPACE_RETRY_S:g} s"
+                )
 
     def _finish(self, store: Store, job: JobRecord, runs: list[RunRecord]) -> None:
         log = logger.bind(job=job.label)
@@ -231,7 +262,6 @@ class Publisher:
         if jobs failed (by the intake, not by a run) since it was last built."""
         if failed_jobs is not None and failed_jobs == self._gallery_failures:
             return
-        self._gallery_failures = failed_jobs if failed_jobs is not None else self._gallery_failures
         self._gallery_due = time.monotonic()
         self._tasks.put(lambda store: None)  # wakes the thread
 

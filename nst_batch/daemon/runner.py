@@ -1,6 +1,6 @@
 """Runs through the engine: read their inputs, resume from their checkpoints, report progress,
-checkpoint every N iterations, stop when asked, and hand their results to the results layer,
-which writes them into their jobs' staging folders. Runs of one shape may go through together,
+checkpoint every N iterations, stop when asked, and end with their results still to be written
+(``Outcome.unwritten``: the publisher's thread writes them into their jobs' staging folders). Runs of one shape may go through together,
 as one batch (``engine.stylize_batch``); each still ends on its own. The network of each backbone is loaded once and kept."""
 
 import gc
@@ -83,10 +83,10 @@ def failure_outcome(error: Exception, context: str = "") -> Outcome:
     of memory, or something unexpected that another attempt may not meet."""
     if isinstance(error, NstBatchError):  # retrying cannot help
         return Outcome(Ending.FAILED, f"{context}{error}")
-    if _no_space(error):
+    if no_space(error):
         return Outcome(Ending.NO_SPACE, f"{context or 'no space left: '}{error}")
     if _out_of_memory(error):
-        return Outcome(Ending.OUT_OF_MEMORY, f"out of memory: {str(error).splitlines()[0][:300]}")
+        return Outcome(Ending.OUT_OF_MEMORY, f"out of memory: {(str(error) or type(error).__name__).splitlines()[0][:300]}")
     if isinstance(error, OSError) and context:
         return Outcome(Ending.RETRY, f"{context}{error}")
     return Outcome(Ending.RETRY, f"{context}{type(error).__name__}: {error}")
@@ -299,7 +299,7 @@ def _start_image(seat: "_Seat") -> torch.Tensor | None:
     return seat.content if init == "content" else seat.member.init_image
 
 
-def _no_space(error: Exception) -> bool:
+def no_space(error: Exception) -> bool:
     """A full disk or quota (SQLite says "database or disk is full")."""
     return disk_full(error) or (isinstance(error, sqlite3.OperationalError) and "full" in str(error))
 

@@ -28,7 +28,7 @@ from .watcher import InboxWatcher
 from .workers import Workers
 
 BUSY_POLL_S = 0.5
-INTAKE_RESTART_S = 5.0  # a dead intake thread is restarted at most this often
+INTAKE_RESTART_S = 5.0  # a dead intake or publisher thread is restarted at most this often
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -54,6 +54,7 @@ class Service:
         )
         self._intake_thread: threading.Thread | None = None
         self._intake_started = 0.0
+        self._publisher_started = 0.0
         self._last_ping = 0.0
         self._stop_signal: int | None = None
         self._stop_announced = False
@@ -98,10 +99,11 @@ class Service:
             self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
         gc.collect()  # nothing of start-up's garbage is frozen with what lives on
         # The ~400 000 objects of torch, matplotlib and pydantic live as long as the process: out
-        # of the collector's sight, the collection before each run's peak measurement takes
-        # microseconds instead of a fifth of a second.
+        # of the collector's sight, each automatic collection takes microseconds instead of a
+        # fifth of a second.
         gc.freeze()
         self.publisher.start()
+        self._publisher_started = time.monotonic()
         self.finisher.finish_active()
         self.publisher.rebuild_gallery()
         # Watching before READY: a file written from then on is seen being written, so a copy
@@ -161,6 +163,18 @@ class Service:
         self._start_intake()
         return self._intake_thread.is_alive()
 
+    def _publisher_alive(self) -> bool:
+        """Whether the publisher's thread runs; one that died (a bug) is started again, its
+        queue intact. Meanwhile the watchdog is not fed, as for the intake."""
+        if self.publisher.alive() or self.stop.is_set() or self._intake_thread is None:
+            return True
+        if time.monotonic() - self._publisher_started < INTAKE_RESTART_S:
+            return False
+        logger.error("the publisher's thread stopped; restarting it")
+        self._publisher_started = time.monotonic()
+        self.publisher.start()
+        return self.publisher.alive()
+
     def _intake_loop(self) -> None:
         store = Store(self.folders.state)  # a connection of its own: SQLite objects stay in their thread
         try:
@@ -196,7 +210,7 @@ class Service:
 
     def _heartbeat(self) -> None:
         self._announce_stop()
-        if not self._intake_alive():
+        if not self._intake_alive() or not self._publisher_alive():
             return
         now = time.monotonic()
         if now - self._last_ping >= 1.0:

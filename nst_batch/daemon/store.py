@@ -122,7 +122,7 @@ class RunRecord:
     started: float | None
     finished: float | None
     seconds: float | None
-    peak_bytes: int | None  # the device's peak while it ran; None when it ran in a batch
+    peak_bytes: int | None  # the device's peak while it ran; None in a batch or beside other work
     error: str | None
     content_width: int
     content_height: int

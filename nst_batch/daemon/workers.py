@@ -96,10 +96,15 @@ class Workers:
 
     def _run(self, work: Work) -> None:
         store = Store(self.folders.state)
+        # On the CPU the peak is the whole process's: the publisher drawing meanwhile is beside it too.
+        quiet = self.runner.device.type != "cpu" or not self.publisher.writing
+        writes = self.publisher.writes_begun
         try:
             with PeakMeter(self.runner.device, enabled=not work.shared) as meter, _own_stream(self.runner.device):
                 outcomes = self.runner.run_batch(work.runs, self.stop, store)
             work.peak_bytes = meter.peak_bytes
+            if self.runner.device.type == "cpu" and (not quiet or self.publisher.writes_begun != writes):
+                work.shared = True
         except Exception as error:  # a bug, not the runs' fault: report it as a retry
             for job, run in work.runs:
                 logger.bind(job=job.label).opt(exception=error).error(f"{run.label}: worker failed")
