@@ -121,7 +121,7 @@ def serve(site: Path, args: argparse.Namespace) -> dict:
         "inbox": site / "inbox", "outbox": site / "outbox", "state_dir": site / "state", "styles_dir": None,
         "device": args.device, "settle_seconds": 0.5, "model": {"weights": "random"},
         "defaults": {"image_size": args.size, "iterations": args.iterations, "seed": 0, "early_stop_tol": 0},
-        "scheduler": {"calibrate": False},
+        "scheduler": {"calibrate": False}, "performance": {"threads": args.threads},
     })
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with service.Service(config) as daemon:
@@ -176,7 +176,8 @@ def report(measured: dict, args: argparse.Namespace) -> dict:
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{_cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}",
-        "workload": {"photos": args.photos, "image_size": args.size, "iterations": args.iterations, "device": args.device},
+        "workload": {"photos": args.photos, "image_size": args.size, "iterations": args.iterations, "device": args.device,
+                     "threads": args.threads},
         "results": n,
         "results_per_s": round(n / measured["span_s"], 3),
         "wall_s": round(measured["wall_s"], 2),
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gpu-engine-s", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, help="the engine's CPU threads (performance.threads); default: the daemon's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     instrument()
