@@ -51,7 +51,6 @@ from nst_batch.results import gallery  # noqa: E402
 from nst_batch.settings.config import Config  # noqa: E402
 
 CPU = collections.Counter()  # part -> thread CPU seconds
-CALLS = collections.Counter()
 _inside = threading.local()
 
 
@@ -71,7 +70,6 @@ def timed(part: str, function):
             CPU[part] += spent
             if threading.current_thread().name.startswith("run-"):
                 CPU[f"{part} on the run thread"] += spent
-            CALLS[part] += 1
             _inside.part = None
 
     return wrapper

@@ -28,19 +28,19 @@ class Capacity:
         self.config = config
         self.device = device
         self.device_key = device_key(device)
-        self.budget = self.measure_budget()
+        self.budget = 0  # nothing fits until measure_budget(), once the network is loaded
         self.max_concurrent = config.scheduler.max_concurrent or (GPU_CONCURRENCY if device.type == "cuda" else 1)
         self.max_batch = config.scheduler.max_batch or BATCH.get(device.type, 1)
         self._models: dict[str, MemoryModel] = {}
 
-    def measure_budget(self) -> int:
-        """The memory runs may use, from what the device has free now (and, on a GPU, a hard cap
+    def measure_budget(self) -> None:
+        """Set ``budget``, the memory runs may use, from what the device has free now (and, on a GPU, a hard cap
         when the config sets a budget)."""
         settings = self.config.scheduler
         if settings.memory_budget is not None and self.device.type == "cuda":  # a real cap, not only an assumption
             total = torch.cuda.get_device_properties(self.device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_budget / total), self.device)
-        return settings.budget(free_bytes(self.device))
+        self.budget = settings.budget(free_bytes(self.device))
 
     def calibrate(self, store: Store, network: Network, backbone: str) -> None:
         """Short probe runs on this device, kept as samples the model is fitted to."""

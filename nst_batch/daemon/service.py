@@ -94,7 +94,7 @@ class Service:
             logger.info(f"removed {tidied} temporary file(s) or reserved folder(s) an interruption left behind")
         tuning.apply(self.config.performance, self.runner.device)
         network, _ = self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
-        self.capacity.budget = self.capacity.measure_budget()  # what is free once the network is in
+        self.capacity.measure_budget()  # what is free once the network is in
         if self.config.scheduler.calibrate:
             self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
         gc.collect()  # nothing of start-up's garbage is frozen with what lives on
