@@ -154,11 +154,8 @@ def versions() -> dict[str, str]:
 
 def read_report(path: Path) -> JobReport | None:
     """The job.json at ``path``; None when it cannot be read or is not a job's report."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report_from(data) if isinstance(data, Mapping) else None
+    data = _read_mapping(path)
+    return None if data is None else report_from(data)
 
 
 def report_from(data: Mapping[str, Any]) -> JobReport:
@@ -175,11 +172,17 @@ def write_summary(path: Path, summary: RunSummary) -> None:
 
 
 def read_summary(path: Path) -> RunSummary | None:
+    data = _read_mapping(path)
+    return None if data is None else _lenient(RunSummary, data)
+
+
+def _read_mapping(path: Path) -> Mapping[str, Any] | None:
+    """The JSON object in ``path``; None when it cannot be read or is not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return _lenient(RunSummary, data) if isinstance(data, Mapping) else None
+    return data if isinstance(data, Mapping) else None
 
 
 M = TypeVar("M", bound=BaseModel)
