@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nst_batch.engine.losses import ContentLoss, StyleLoss, StyleTransferLoss, TVLoss, gram
+from nst_batch.engine.losses import ContentLoss, Moments, StyleLoss, StyleTransferLoss, TVLoss, gram
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,14 +48,14 @@ def test_style_loss_is_the_mean_squared_error_of_gram_matrices():
 def test_style_loss_blended_target_is_the_weighted_sum_of_grams():
     generator = torch.Generator().manual_seed(2)
     first, second = torch.randn((1, 4, 3, 3), generator=generator), torch.randn((1, 4, 5, 5), generator=generator)
-    blended = StyleLoss.blended([first, second], [0.25, 0.75])
+    blended = StyleLoss.blended([Moments.of(first), Moments.of(second)], [0.25, 0.75])
     torch.testing.assert_close(blended.target, 0.25 * gram(first) + 0.75 * gram(second))
 
 
 def test_style_loss_blended_with_one_zero_weight_is_exactly_the_other_style():
     generator = torch.Generator().manual_seed(3)
     first, second = torch.randn((1, 4, 3, 3), generator=generator), torch.randn((1, 4, 3, 3), generator=generator)
-    assert torch.equal(StyleLoss.blended([first, second], [1.0, 0.0]).target, gram(first))
+    assert torch.equal(StyleLoss.blended([Moments.of(first), Moments.of(second)], [1.0, 0.0]).target, gram(first))
 
 
 def test_tv_loss_matches_a_hand_computation():

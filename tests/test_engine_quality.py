@@ -240,10 +240,10 @@ def test_the_wasserstein_style_loss_means_the_same_on_a_network_fifty_times_smal
 
 
 def test_the_wasserstein_distance_of_a_style_to_itself_is_nought(vgg19_random, tiny_images):
-    from nst_batch.engine.losses import WassersteinStyleLoss
+    from nst_batch.engine.losses import Moments, WassersteinStyleLoss
 
     features = FeatureExtractor(vgg19_random, ["relu2_1"])(tiny_images.noise)["relu2_1"]
-    loss = WassersteinStyleLoss.blended([features], [1.0])
+    loss = WassersteinStyleLoss.blended([Moments.of(features)], [1.0])
     assert abs(loss(features).item()) < 0.05 * loss(FeatureExtractor(vgg19_random, ["relu2_1"])(tiny_images.gradient)["relu2_1"]).item()
 
 

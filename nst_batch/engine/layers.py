@@ -5,6 +5,7 @@ VGG layers use the paper's names (conv1_1, relu1_1, pool1, ...), in the order of
 by stage.
 """
 
+from dataclasses import dataclass
 from difflib import get_close_matches
 
 _VGG_PLANS = {
@@ -49,3 +50,42 @@ def unknown_layer_message(backbone: str, name: str) -> str:
     close = get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown layer {name!r} for {backbone}{hint}; its layers are: {', '.join(known)}"
+
+
+# --- what a feature position sees of the image -------------------------------------------------
+
+# (kernel, stride, padding) of the convolutions and pools on each layer's longest path: ResNet's
+# shortcuts see less than the two convolutions of each block beside them.
+_VGG_OPS = {"conv": ((3, 1, 1),), "relu": (), "pool": ((2, 2, 0),)}
+_RESNET_STAGE = ((3, 1, 1),) * 4
+_RESNET_DOWN = ((3, 2, 1),) + ((3, 1, 1),) * 3
+_RESNET_OPS = {
+    "conv1": ((7, 2, 3),), "pool1": ((3, 2, 1),), "layer1": _RESNET_STAGE,
+    "layer2": _RESNET_DOWN, "layer3": _RESNET_DOWN, "layer4": _RESNET_DOWN,
+}
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The image pixels a layer's feature position ``i`` depends on: from ``stride * i - before``
+    to ``stride * i + after``, both included (zero padding counts as seen)."""
+
+    stride: int
+    before: int
+    after: int
+
+    @property
+    def size(self) -> int:
+        return self.before + self.after + 1
+
+
+def receptive_fields(backbone: str) -> dict[str, ReceptiveField]:
+    """Each layer's receptive field, in the order of ``LAYERS[backbone]``."""
+    fields, stride, before, after = {}, 1, 0, 0
+    for name in LAYERS[backbone]:
+        ops = _RESNET_OPS[name] if backbone == "resnet18" else _VGG_OPS[name.rstrip("0123456789_")]
+        for kernel, step, padding in ops:
+            before, after = before + stride * padding, after + stride * (kernel - 1 - padding)
+            stride *= step
+        fields[name] = ReceptiveField(stride, before, after)
+    return fields

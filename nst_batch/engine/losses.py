@@ -14,6 +14,7 @@ weights).
 """
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,14 +42,54 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return _SelfProduct.apply(features.reshape(b, c, h * w)) / (c * h * w)
 
 
+class Moments(NamedTuple):
+    """Sums over the positions of one image's features (1, C, H, W): all a style loss needs of
+    them. Sums add up, so a whole image's moments are those of its parts added (tiling)."""
+
+    count: int  # positions
+    sum: torch.Tensor  # (C,)
+    outer: torch.Tensor  # (C, C): the sum of F F^T
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> "Moments":
+        flat = features.reshape(1, features.shape[1], -1)
+        return cls(flat.shape[-1], flat.sum(-1)[0], _SelfProduct.apply(flat)[0])
+
+    def __add__(self, other: "Moments") -> "Moments":  # type: ignore[override]
+        return Moments(self.count + other.count, self.sum + other.sum, self.outer + other.outer)
+
+    def dot(self, other: "Moments") -> torch.Tensor:
+        """The sum of the element-wise products of the two sums: with ``self`` a loss's gradient
+        with respect to the moments, the part of the loss whose gradient ``other`` carries."""
+        return (self.sum * other.sum).sum() + (self.outer * other.outer).sum()
+
+    def leaves(self) -> "Moments":
+        """A copy autograd can differentiate a loss with respect to."""
+        return Moments(self.count, self.sum.detach().requires_grad_(), self.outer.detach().requires_grad_())
+
+
+def blend(moments: Sequence[Moments], weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted mean (C,) and second raw moment (C, C) of several images' features: unlike
+    covariances, these blend linearly."""
+    pairs = [(m.sum / m.count, m.outer / m.count) for m in moments]
+    mean = sum(w * mean for (mean, _), w in zip(pairs, weights, strict=True))
+    second = sum(w * second for (_, second), w in zip(pairs, weights, strict=True))
+    return mean, second
+
+
 class ContentLoss(nn.Module):
     def __init__(self, target: torch.Tensor, scale: float = 1.0):
         super().__init__()
         self.register_buffer("target", target.detach())
         self.scale = scale
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(features, self.target) * self.scale
+    def forward(self, features: torch.Tensor, region: tuple[slice, slice] | None = None) -> torch.Tensor:
+        """The loss, or with ``region`` (rows, columns of the target) the part of it that those
+        positions' ``features`` add: the parts of a tiling add up to the loss."""
+        if region is None:
+            return F.mse_loss(features, self.target) * self.scale
+        target = self.target[..., region[0], region[1]]
+        return (features - target).pow(2).sum() * (self.scale / self.target.numel())
 
 
 class StyleLoss(nn.Module):
@@ -64,11 +105,18 @@ class StyleLoss(nn.Module):
         self.scale = scale
 
     @classmethod
-    def blended(cls, style_features: Sequence[torch.Tensor], weights: Sequence[float], scale: float = 1.0) -> "StyleLoss":
-        return cls(sum(w * gram(f) for f, w in zip(style_features, weights, strict=True)), scale)
+    def blended(cls, moments: Sequence[Moments], weights: Sequence[float], scale: float = 1.0) -> "StyleLoss":
+        channels = len(moments[0].sum)
+        target = sum(w * m.outer / (channels * m.count) for m, w in zip(moments, weights, strict=True))
+        return cls(target.unsqueeze(0), scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(gram(features), self.target) * self.scale
+
+    def from_moments(self, moments: Moments) -> torch.Tensor:
+        """The loss of features with these moments."""
+        channels = len(moments.sum)
+        return F.mse_loss(moments.outer.unsqueeze(0) / (channels * moments.count), self.target) * self.scale
 
 
 def _sqrtm(matrix: torch.Tensor, iterations: int = 12) -> torch.Tensor:
@@ -82,13 +130,6 @@ def _sqrtm(matrix: torch.Tensor, iterations: int = 12) -> torch.Tensor:
         t = (3 * identity - z @ y) / 2
         y, z = y @ t, t @ z
     return y * norm.sqrt()
-
-
-def _moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (C,) and second raw moment (C, C) of features (1, C, H, W): unlike covariances,
-    these blend linearly."""
-    flat = features.reshape(features.shape[1], -1)
-    return flat.mean(1), flat @ flat.T / flat.shape[1]
 
 
 class WassersteinStyleLoss(nn.Module):
@@ -109,16 +150,15 @@ class WassersteinStyleLoss(nn.Module):
         self.scale = scale
 
     @classmethod
-    def blended(
-        cls, style_features: Sequence[torch.Tensor], weights: Sequence[float], scale: float = 1.0
-    ) -> "WassersteinStyleLoss":
-        moments = [_moments(f) for f in style_features]
-        mean = sum(w * m for (m, _), w in zip(moments, weights, strict=True))
-        second = sum(w * s for (_, s), w in zip(moments, weights, strict=True))
-        return cls(mean, second, scale)
+    def blended(cls, moments: Sequence[Moments], weights: Sequence[float], scale: float = 1.0) -> "WassersteinStyleLoss":
+        return cls(*blend(moments, weights), scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        mean, second = _moments(features)
+        return self.from_moments(Moments.of(features))
+
+    def from_moments(self, moments: Moments) -> torch.Tensor:
+        """The loss of features with these moments."""
+        mean, second = moments.sum / moments.count, moments.outer / moments.count
         identity = torch.eye(len(mean), dtype=mean.dtype, device=mean.device)
         covariance = second - torch.outer(mean, mean) + self.eps * identity
         cross = _sqrtm(self.root @ covariance @ self.root)

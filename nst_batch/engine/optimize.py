@@ -24,8 +24,9 @@ import torch
 from ..util.errors import DivergedError, InputError
 from .features import FeatureExtractor, Network, Speed
 from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
-from .losses import ContentLoss, StyleLoss, StyleTransferLoss, WassersteinStyleLoss
+from .losses import ContentLoss, Moments, StyleLoss, StyleTransferLoss, WassersteinStyleLoss
 from .params import DEFAULT_LR, StyleParams
+from .tiling import TiledLoss, Tiling
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def batch_key(params: StyleParams, content_shape: Sequence[int]) -> tuple:
     height, width = content_shape[-2:]
     layers = frozenset((*params.content_layer_names, *params.style_layer_names))
     shapes = tuple(fit_long_side(height, width, size) for size in params.scale_sizes)
-    return (params.backbone, params.pooling, layers, shapes)
+    return (params.backbone, params.pooling, layers, shapes, params.tile)
 
 
 def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed = Speed()) -> list[Result | Exception]:
@@ -242,6 +243,8 @@ class _Transfer:
         self.error: Exception | None = None
         self.interrupted = False
         self.run: _ScaleRun | None = None
+        layers = (*self.params.content_layer_names, *self.params.style_layer_names)
+        self.tiling = Tiling.for_layers(self.params.backbone, layers, self.params.tile)
         try:
             self.blend = self.params.blend_weights(len(member.styles))
             _check_short_sides(extractor, member.content, member.styles, self.params, self.params.scale_sizes[0])
@@ -273,8 +276,9 @@ class _Transfer:
                 scale_starts=[*self.state.scale_starts, self.state.iteration],
             )
         self.resuming = False
-        loss_fn = _loss(self.extractor, content, self.member.styles, self.params, self.blend, sizes[scale])
-        return _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback)
+        loss_fn = _loss(self.extractor, self.tiling, content, self.member.styles, self.params, self.blend, sizes[scale])
+        tiled = TiledLoss(loss_fn, self.extractor, self.tiling) if self.tiling.splits(*content.shape[-2:]) else None
+        return _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback, tiled)
 
     def leave(self) -> None:
         if self.run is None:
@@ -314,11 +318,14 @@ def _iterate(extractor: Callable[[torch.Tensor], dict[str, torch.Tensor]], runs:
     while active:
         for run in active:
             run.optimizer.zero_grad(set_to_none=True)
-        images = [run.image for run in active]
-        features = extractor(images[0] if len(images) == 1 else torch.cat(images))
-        totals = [run.evaluate({name: f[i : i + 1] for name, f in features.items()}) for i, run in enumerate(active)]
-        sum(totals).backward()
-        del features
+        if active[0].tiled is not None:  # a batch's members are all tiled, or none (batch_key)
+            totals = [run.evaluate_tiled() for run in active]
+        else:
+            images = [run.image for run in active]
+            features = extractor(images[0] if len(images) == 1 else torch.cat(images))
+            totals = [run.evaluate({name: f[i : i + 1] for name, f in features.items()}) for i, run in enumerate(active)]
+            sum(totals).backward()
+            del features
         for run, total in zip(active, totals):
             run.advance(total)
         active = [run for run in active if not run.ended()]
@@ -356,24 +363,25 @@ def _starting_image(
 
 def _loss(
     extractor: FeatureExtractor,
+    tiling: Tiling,
     content: torch.Tensor,
     styles: Sequence[torch.Tensor],
     params: StyleParams,
     blend: Sequence[float],
     size: int,
 ) -> StyleTransferLoss:
-    with torch.no_grad():
-        content_features = extractor(content)
-        style_size = max(16, round(size * params.style_scale))
-        style_images = [resize_long_side(s, style_size).to(content.device) for s in styles]
-        if params.preserve_colors:
-            style_images = [luminance(s) for s in style_images]
-        style_features = [extractor(s) for s in style_images]
+    """The loss of one scale, its targets computed tile by tile when ``tiling`` cuts the images."""
+    content_features = tiling.features(extractor, content, params.content_layer_names)
+    style_size = max(16, round(size * params.style_scale))
+    style_images = [resize_long_side(s, style_size).to(content.device) for s in styles]
+    if params.preserve_colors:
+        style_images = [luminance(s) for s in style_images]
+    style_moments = [tiling.moments(extractor, s, params.style_layer_names) for s in style_images]
     # Features k times larger make the content term k^2 and the style term k^4 times larger.
     unit = extractor.feature_scale() if params.loss_normalization == "network" else 1.0
     return StyleTransferLoss(
         content={name: ContentLoss(content_features[name], 1 / unit) for name in params.content_layer_names},
-        style={name: _style_loss(params, [f[name] for f in style_features], blend, unit) for name in params.style_layer_names},
+        style={name: _style_loss(params, [m[name] for m in style_moments], blend, unit) for name in params.style_layer_names},
         layer_weights=params.layer_weights,
         content_weight=params.alpha,
         style_weight=params.beta,
@@ -394,11 +402,11 @@ CONVERGED_GRADIENT = 1e-7
 MAX_REPAIRS = 3  # per scale: lr / 10, lr / 100, then Adam (an Adam run: lr / 1000); one more is an error
 
 
-def _style_loss(params: StyleParams, features: list[torch.Tensor], blend: Sequence[float], unit: float):
+def _style_loss(params: StyleParams, moments: list[Moments], blend: Sequence[float], unit: float):
     """The Gram matrix grows with the features squared, the Wasserstein distance as a content term does."""
     if params.style_loss == "wasserstein":
-        return WassersteinStyleLoss.blended(features, blend, 1 / unit)
-    return StyleLoss.blended(features, blend, 1 / unit**2)
+        return WassersteinStyleLoss.blended(moments, blend, 1 / unit)
+    return StyleLoss.blended(moments, blend, 1 / unit**2)
 
 
 class _ScaleRun:
@@ -411,9 +419,10 @@ class _ScaleRun:
 
     def __init__(
         self, loss_fn: StyleTransferLoss, image: torch.Tensor, params: StyleParams, state: RunState, started: float,
-        scales: int, callback: Callback | None,
+        scales: int, callback: Callback | None, tiled: TiledLoss | None = None,
     ):
         self.loss_fn, self.params, self.state, self.callback = loss_fn, params, state, callback
+        self.tiled = tiled  # the same loss, tile by tile: evaluate_tiled()
         self.started, self.scales = started, scales
         # Callers may pass any layout (a decoded image is often a transposed view); L-BFGS
         # flattens the parameter with .view(), which needs contiguous memory.
@@ -466,6 +475,12 @@ class _ScaleRun:
         """This image's total loss from its features; the caller runs the backward pass."""
         total, terms = self.loss_fn(self.image, features)
         self.terms = torch.stack([terms["content"], terms["style"], terms["tv"], total]).detach()
+        return total
+
+    def evaluate_tiled(self) -> torch.Tensor:
+        """This image's total loss, tile by tile, with its gradient already in ``image.grad``."""
+        total, terms = self.tiled.backward(self.image)
+        self.terms = torch.stack([terms["content"], terms["style"], terms["tv"], total])
         return total
 
     def advance(self, total: torch.Tensor) -> None:

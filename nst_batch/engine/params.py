@@ -92,6 +92,11 @@ class StyleParams(BaseModel):
     preserve_colors: bool = Field(False, description="keep the content's colours (luminance-only transfer)")
     seed: int | None = Field(None, ge=0, description="random seed; the same seed gives the same result")
     frame_every: int = Field(0, ge=0, description="keep a progress frame every K iterations (0 = none)")
+    tile: int | None = Field(
+        None, ge=16, le=16384,
+        description="compute each iteration in tiles of about this many px (and a halo around each): the same "
+        "result, in the memory of one tile; unset: the whole image at once",
+    )
 
     _split_lists = field_validator(
         "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", mode="before"
