@@ -363,3 +363,73 @@ def test_probe_measures_two_sizes_and_the_larger_needs_more(vgg19_random, one_to
     assert large.seconds_per_iteration > small.seconds_per_iteration
     model = fit_model(samples)
     assert raw(model).peak(large.need) >= large.peak_bytes
+
+
+# --- tiles -----------------------------------------------------------------------------------
+
+
+def test_a_tiled_run_holds_one_crops_activations_and_computes_every_crops():
+    from nst_batch.daemon.memory import FORWARD_SHARE
+    from nst_batch.engine.tiling import Tiling
+
+    whole, tiled = need_of(2048), need_of(2048, tile=512)
+    tiling = Tiling.for_layers("vgg19", ("relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), 512)
+    crop = tiling.largest_crop(2048, 2048)
+    assert crop == (512 + 2 * tiling.halo, 512 + 2 * tiling.halo)
+    assert tiled.activation_bytes == FLOAT_BYTES * activation_elements("vgg19", "relu5_1", *crop)
+    assert tiled.activation_bytes < whole.activation_bytes / 8
+    crops = [(r.crop_stop - r.crop_start, c.crop_stop - c.crop_start) for r in tiling.spans(2048) for c in tiling.spans(2048)]
+    work = sum(activation_elements("vgg19", "relu5_1", h, w) for h, w in crops)
+    assert tiled.work == int(FLOAT_BYTES * work * (1 + FORWARD_SHARE)) and tiled.work > whole.work  # the halos overlap
+    content_target = FLOAT_BYTES * 512 * 256 * 256  # relu4_2 at 2048 px, held twice while assembled
+    assert tiled.exact_bytes == whole.exact_bytes + content_target
+    assert need_of(256, tile=512) == need_of(256)  # one tile: not tiled at all
+
+
+def test_the_tile_policy_picks_the_largest_tile_that_fits():
+    adam = BIG.with_overrides({"optimizer": "adam"})
+    budget = peak(adam.with_overrides({"tile": 512}))
+    assert budget < peak(adam)
+    result = fit_run(adam, CONTENT, 1, MODEL, budget, "tile")
+    tile = result.params.tile
+    assert tile is not None and peak(result.params) <= budget
+    assert result.params.with_overrides({"tile": None}) == adam.with_overrides({"tile": None})
+    larger = [t for t in range(tile + 16, 2048, 16) if peak(adam.with_overrides({"tile": t})) <= budget]
+    assert larger == [] or max(larger) - tile < 2 * 80  # candidates are the tiles that split the side evenly
+    assert f"tile: None -> {tile}" in result.warning
+
+
+def test_auto_tiles_first_then_shortens_the_history_of_a_tiled_run_then_downscales():
+    tiled = fit_run(BIG, CONTENT, 1, MODEL, peak(BIG.with_overrides({"tile": 1024})), "auto")
+    assert tiled.params.tile == 1024 and tiled.params.lbfgs_history == 100
+    # a history of 100 images does not fit even with the smallest tile: auto keeps tiles and shortens it
+    budget = peak(BIG.with_overrides({"tile": 1024, "lbfgs_history": 30}))
+    assert fit_run(BIG, CONTENT, 1, MODEL, budget, "tile").refusal is not None
+    shorter = fit_run(BIG, CONTENT, 1, MODEL, budget, "auto").params
+    assert shorter.tile is not None and 30 <= shorter.lbfgs_history < 100 and peak(shorter) <= budget
+    # not even Adam's image-sized tensors and the smallest tile fit: only a smaller image does
+    budget = peak(BIG.with_overrides({"optimizer": "adam", "tile": 160})) - 1
+    small = fit_run(BIG, CONTENT, 1, MODEL, budget, "auto").params
+    assert small.image_size < 2048 and small.tile is None and peak(small) <= budget
+
+
+def test_samples_of_tiled_runs_keep_their_work_and_old_databases_gain_the_column(tmp_path):
+    import sqlite3
+
+    from nst_batch.daemon.store import Store
+
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    old.execute("CREATE TABLE memory_samples (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, "
+                "backbone TEXT NOT NULL, exact_bytes INTEGER NOT NULL, activation_bytes INTEGER NOT NULL, "
+                "height INTEGER NOT NULL, width INTEGER NOT NULL, peak_bytes INTEGER NOT NULL, "
+                "seconds_per_iteration REAL NOT NULL, source TEXT NOT NULL, created REAL NOT NULL)")
+    old.execute("INSERT INTO memory_samples VALUES (1, 'cpu', 'vgg19', 10, 20, 64, 64, 100, 0.5, 'probe', 0)")
+    old.commit()
+    old.close()
+    store = Store(tmp_path)
+    tiled = need_of(2048, tile=512)
+    store.add_sample("cpu", "vgg19", Sample(tiled, 3 * GIB, 60.0), "run")
+    newest, oldest = store.samples("cpu", "vgg19")
+    assert newest.need == tiled and newest.need.work > newest.need.activation_bytes
+    assert oldest.need.work == oldest.need.activation_bytes == 20
+    store.close()

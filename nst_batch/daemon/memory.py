@@ -14,19 +14,29 @@ A run's peak is modelled as
   (and backward buffers) it really keeps; fitted on the device from probe runs at start-up and
   from every measured peak since (``fit_model``).
 
-Multi-scale runs need what their largest scale needs. Time per iteration is modelled the same
-way: a constant plus a cost per activation byte (the work grows with the pixels).
+A tiled run (``tile``) keeps the activations of its largest tile's crop, not the whole image's;
+its image-sized tensors stay. Multi-scale runs need what their largest scale needs.
+
+Time per iteration is modelled the same way: a constant plus a cost per byte of ``work``, the
+activations one iteration computes. Untiled that is the activations; tiled, every crop's (halos
+overlap), and again for the first pass, a forward pass alone (FORWARD_SHARE of a forward and
+backward pass).
 """
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..engine import StyleParams
 from ..engine.images import fit_long_side
 from ..engine.layers import LAYERS
+from ..engine.tiling import Tiling
 
 FLOAT_BYTES = 4
 GIB = 1 << 30
+# A forward pass without autograd costs this share of a forward and backward pass (measured:
+# docs/benchmarks.md, "Tiling"); a tiled iteration runs one before its gradient pass.
+FORWARD_SHARE = 0.35
 
 _VGG_WIDTHS = (64, 128, 256, 512, 512)
 # ResNet-18: (channels, downsampling factor, tensors autograd keeps per output element)
@@ -66,9 +76,14 @@ class Need:
     """What a run needs at its largest scale, before the device's coefficients are applied."""
 
     exact_bytes: int
-    activation_bytes: int
+    activation_bytes: int  # held at once
     height: int
     width: int
+    work_bytes: int | None = None  # computed per iteration; None: activation_bytes (untiled)
+
+    @property
+    def work(self) -> int:
+        return self.activation_bytes if self.work_bytes is None else self.work_bytes
 
 
 def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) -> Need:
@@ -81,6 +96,8 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     layers = (*params.content_layer_names, *params.style_layer_names)
     names = LAYERS[params.backbone]
     deepest = max(layers, key=names.index)
+    tiling = Tiling.for_layers(params.backbone, layers, params.tile)
+    tiled = tiling.splits(height, width)
     pixels = 3 * height * width * FLOAT_BYTES
     history = min(params.lbfgs_history, params.iterations)  # each scale starts a fresh optimizer
     optimizer = 2 * pixels if params.optimizer == "adam" else (2 * history + 4) * pixels
@@ -90,9 +107,19 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     style_images = n_styles * 3 * style_size * style_size
     # the image and its gradient; the step before and the best image so far (repairs); the average (ema)
     kept = (4 + (1 if params.ema else 0)) * pixels
+    if tiled:  # the content target assembled from its pieces; the total variation's own copy and gradient
+        content_targets *= 2
+        kept += 2 * pixels if params.tv_weight else 0
     exact = kept + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
-    activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
-    return Need(exact, activations, height, width)
+    if not tiled:
+        activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
+        return Need(exact, activations, height, width)
+    crop = tiling.largest_crop(height, width)
+    activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, *crop)
+    crops = Counter((r.crop_stop - r.crop_start, c.crop_stop - c.crop_start)
+                    for r in tiling.spans(height) for c in tiling.spans(width))
+    work = sum(n * activation_elements(params.backbone, deepest, h, w) for (h, w), n in crops.items())
+    return Need(exact, activations, height, width, int(FLOAT_BYTES * work * (1 + FORWARD_SHARE)))
 
 
 def _elements(backbone: str, layer: str, height: int, width: int) -> int:
@@ -126,7 +153,7 @@ class MemoryModel:
         return int(max(0.0, self.constant_bytes) * (1 + self.margin))
 
     def seconds_per_iteration(self, need: Need) -> float:
-        return self.seconds_constant + self.seconds_per_activation_byte * need.activation_bytes
+        return self.seconds_constant + self.seconds_per_activation_byte * need.work
 
 
 def fit_model(samples: Sequence[Sample], prior: MemoryModel = MemoryModel()) -> MemoryModel:
@@ -149,7 +176,7 @@ def fit_model(samples: Sequence[Sample], prior: MemoryModel = MemoryModel()) -> 
     )
     timed = [s for s in samples if s.seconds_per_iteration > 0]
     time_constant, time_slope = _line(
-        [s.need.activation_bytes for s in timed],
+        [s.need.work for s in timed],
         [s.seconds_per_iteration for s in timed],
         prior.seconds_constant,
         prior.seconds_per_activation_byte,
@@ -181,7 +208,9 @@ def run_seconds(params: StyleParams, content_size: tuple[int, int], n_styles: in
 
 # --- what to do with a run that cannot fit even alone ---------------------------------------
 
-POLICIES = ("lbfgs_history", "adam", "downscale", "fail")
+POLICIES = ("auto", "tile", "lbfgs_history", "adam", "downscale", "fail")
+# auto: the first of these that fits; the optimizer's changes keep the largest tile that fits with them
+AUTO = ("tile", "lbfgs_history", "adam", "downscale")
 
 
 @dataclass(frozen=True)
@@ -200,10 +229,11 @@ def fit_run(
     needed = model.peak(run_need(params, content_size, n_styles))
     if needed <= budget:
         return RunFit(params)
-    options = _options(params, content_size, n_styles, model, budget)
-    if policy != "fail" and policy in options:
-        changed = params.with_overrides(options[policy])
-        change = ", ".join(f"{k}: {getattr(params, k)} -> {v}" for k, v in options[policy].items())
+    options = _options(params, content_size, n_styles, model, budget, tiled=policy == "auto")
+    chosen = next((name for name in AUTO if name in options), None) if policy == "auto" else policy
+    if chosen in options:
+        changed = params.with_overrides(options[chosen])
+        change = ", ".join(f"{k}: {getattr(params, k)} -> {v}" for k, v in options[chosen].items())
         return RunFit(changed, warning=f"needs {_gib(needed)} alone, the budget is {_gib(budget)}: changed {change} to fit")
     hints = "; ".join(", ".join(f"{k}: {v}" for k, v in change.items()) for change in options.values())
     return RunFit(
@@ -214,22 +244,56 @@ def fit_run(
     )
 
 
-def _options(params: StyleParams, content_size, n_styles, model: MemoryModel, budget: int) -> dict[str, dict]:
-    """For each policy that can make the run fit, the smallest change that does."""
+def _options(params: StyleParams, content_size, n_styles, model: MemoryModel, budget: int, tiled: bool) -> dict[str, dict]:
+    """For each policy that can make the run fit, the smallest change that does; with ``tiled``,
+    the optimizer's changes are made to a tiled run (the tile is then the largest that fits)."""
     def fits(candidate: StyleParams) -> bool:
         return model.peak(run_need(candidate, content_size, n_styles)) <= budget
 
     options = {}
+    tile = _largest_tile(params, content_size, fits)
+    if tile is not None:
+        options["tile"] = {"tile": tile}
+    tiles = _tiles(params, content_size) if tiled else []
+    smallest = {"tile": tiles[-1]} if tiles else {}
     if params.optimizer == "lbfgs":
-        history = _largest(1, params.lbfgs_history, lambda h: fits(params.with_overrides({"lbfgs_history": h})))
+        base = params.with_overrides(smallest)
+        history = _largest(1, params.lbfgs_history, lambda h: fits(base.with_overrides({"lbfgs_history": h})))
         if history is not None:
-            options["lbfgs_history"] = {"lbfgs_history": history}
-        if fits(params.with_overrides({"optimizer": "adam"})):
-            options["adam"] = {"optimizer": "adam"}
+            options["lbfgs_history"] = _with_tile({"lbfgs_history": history}, params, content_size, fits, smallest)
+        if fits(base.with_overrides({"optimizer": "adam"})):
+            options["adam"] = _with_tile({"optimizer": "adam"}, params, content_size, fits, smallest)
     size = _largest(64, params.image_size, lambda s: fits(params.with_overrides({"image_size": s})))
     if size is not None:
         options["downscale"] = {"image_size": size}
     return options
+
+
+def _with_tile(change: dict, params: StyleParams, content_size, fits, smallest: dict) -> dict:
+    """``change``, and with ``smallest`` (a tiled search) the largest tile that fits with it."""
+    if not smallest:
+        return change
+    changed = params.with_overrides(change)
+    return {**change, "tile": _largest_tile(changed, content_size, fits) or smallest["tile"]}
+
+
+def _tiles(params: StyleParams, content_size: tuple[int, int]) -> list[int]:
+    """The tiles worth trying, largest first: for each number of tiles along the long side, the
+    smallest tile that makes that many (a larger one would only add to a crop's size). None is
+    smaller than twice the halo, where the halos already make an iteration more than 4x the work
+    (a sidecar's ``tile`` may still ask for one)."""
+    width, height = content_size if all(content_size) else (1, 1)
+    long_side = max(fit_long_side(height, width, params.image_size))
+    layers = (*params.content_layer_names, *params.style_layer_names)
+    tiling = Tiling.for_layers(params.backbone, layers, None)
+    steps = -(-long_side // tiling.align)  # the long side in strides
+    tiles = {tiling.align * -(-steps // n) for n in range(2, steps + 1)}
+    return sorted((tile for tile in tiles if tile >= 2 * tiling.halo), reverse=True)
+
+
+def _largest_tile(params: StyleParams, content_size, fits) -> int | None:
+    """The largest tile with which the run fits, if any does."""
+    return next((tile for tile in _tiles(params, content_size) if fits(params.with_overrides({"tile": tile}))), None)
 
 
 def _largest(low: int, high: int, ok) -> int | None:

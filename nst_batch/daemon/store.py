@@ -71,12 +71,16 @@ CREATE TABLE IF NOT EXISTS memory_samples (  -- measured runs and probes: what t
     peak_bytes INTEGER NOT NULL,
     seconds_per_iteration REAL NOT NULL,
     source TEXT NOT NULL,               -- probe | run
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    work_bytes INTEGER                  -- tiled runs: activations computed per iteration; NULL: activation_bytes
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
 """
+
+
+_ADDED_COLUMNS = (("memory_samples", "work_bytes", "INTEGER"),)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,13 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Columns added since a database was created: CREATE TABLE IF NOT EXISTS leaves an old table as it was."""
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -325,10 +336,10 @@ class Store:
     def add_sample(self, device: str, backbone: str, sample: Sample, source: str) -> None:
         need = sample.need
         self.db.execute(
-            "INSERT INTO memory_samples (device, backbone, exact_bytes, activation_bytes, height, width, peak_bytes, "
-            "seconds_per_iteration, source, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, backbone, need.exact_bytes, need.activation_bytes, need.height, need.width, sample.peak_bytes,
-             sample.seconds_per_iteration, source, time.time()),
+            "INSERT INTO memory_samples (device, backbone, exact_bytes, activation_bytes, work_bytes, height, width, "
+            "peak_bytes, seconds_per_iteration, source, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, backbone, need.exact_bytes, need.activation_bytes, need.work_bytes, need.height, need.width,
+             sample.peak_bytes, sample.seconds_per_iteration, source, time.time()),
         )
 
     def samples(self, device: str, backbone: str, limit: int = 200) -> list[Sample]:
@@ -337,8 +348,8 @@ class Store:
             "SELECT * FROM memory_samples WHERE device=? AND backbone=? ORDER BY id DESC LIMIT ?", (device, backbone, limit)
         )
         return [
-            Sample(Need(r["exact_bytes"], r["activation_bytes"], r["height"], r["width"]), r["peak_bytes"],
-                   r["seconds_per_iteration"])
+            Sample(Need(r["exact_bytes"], r["activation_bytes"], r["height"], r["width"], r["work_bytes"]),
+                   r["peak_bytes"], r["seconds_per_iteration"])
             for r in rows
         ]
 

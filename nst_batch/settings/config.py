@@ -98,8 +98,10 @@ class SchedulerConfig(BaseModel):
     max_batch: int | None = Field(
         None, ge=1, le=64, description="runs of one shape that share the network's passes; null = 8 on a GPU, 1 on a CPU"
     )
-    too_big: Literal["lbfgs_history", "adam", "downscale", "fail"] = Field(
-        "downscale", description="a run that cannot fit alone: lbfgs_history | adam | downscale | fail"
+    too_big: Literal["auto", "tile", "lbfgs_history", "adam", "downscale", "fail"] = Field(
+        "auto",
+        description="a run that cannot fit alone: auto (tile, else a shorter L-BFGS history or Adam with tiles, "
+        "else downscale) | tile (the largest tile that fits: the same result) | lbfgs_history | adam | downscale | fail",
     )
     calibrate: bool = Field(True, description="measure the device with two short probe runs at start-up")
 
