@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's, else auto)")
     run.add_argument("--weights", help="imagenet | PATH.pth | random (tests only)")
     run.add_argument("--weights-format", choices=("auto", "torchvision", "caffe"))
+    run.add_argument(
+        "--memory-budget", metavar="BYTES", type=_byte_size,
+        help="for --tile auto: the memory the run may use, e.g. 6GiB (default: the device's free memory less "
+        "scheduler.reserve)",
+    )
     _add_config_options(run)
     _add_param_options(run)
     run.set_defaults(handler=_run)
@@ -120,11 +125,15 @@ def _run(args: argparse.Namespace) -> int:
     from .oneshot import OneShot, run_once
 
     config = load_config(args.config, args.overrides)
+    given = _given_params(args)
+    auto_tile = given.get("tile") == "auto"
+    if auto_tile:
+        del given["tile"]
     job = OneShot(
         content=args.content,
         styles=tuple(args.style),
         output=args.output,
-        params=params_with_overrides(config.defaults, _given_params(args), source="command line"),
+        params=params_with_overrides(config.defaults, given, source="command line"),
         device=args.device or config.device,
         model=ModelConfig(
             weights=args.weights or config.model.weights,
@@ -134,6 +143,9 @@ def _run(args: argparse.Namespace) -> int:
         loss_log=not args.no_log,
         max_pixels=config.max_pixels,
         performance=config.performance,
+        auto_tile=auto_tile,
+        memory_budget=args.memory_budget,
+        reserve=int(config.scheduler.reserve),
     )
     run_once(job)
     return 0
@@ -159,6 +171,18 @@ def _status(args: argparse.Namespace) -> int:
         return status.watch(lambda: status.gather(config), args.watch, sys.stdout, as_json_text=args.json)
     print(status.show(status.gather(config), args.json, sys.stdout))
     return 0
+
+
+def _byte_size(text: str) -> int:
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        size = TypeAdapter(ByteSize).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 6GiB or 512MiB") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size above 0")
+    return int(size)
 
 
 def _positive_seconds(text: str) -> float:

@@ -8,7 +8,10 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from ..engine import Progress, Result, StyleParams, resolve_device, stylize
+from ..daemon.capacity import MARGIN
+from ..daemon.measure import free_bytes, probe
+from ..daemon.memory import MemoryModel, fit_model, fit_run
+from ..engine import Network, Progress, Result, StyleParams, resolve_device, stylize
 from ..results.result import gif_frame_every, write_result
 from ..settings import tuning
 from ..settings.config import ModelConfig, PerformanceConfig
@@ -28,6 +31,9 @@ class OneShot:
     loss_log: bool = True
     max_pixels: int = 50_000_000
     performance: PerformanceConfig = PerformanceConfig()
+    auto_tile: bool = False  # --tile auto: the largest tile that fits memory_budget, if the image does not
+    memory_budget: int | None = None  # None: the device's free memory less reserve, as the daemon's
+    reserve: int = 1 << 30
 
     @property
     def loss_log_path(self) -> Path:
@@ -61,6 +67,8 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     tuning.apply(job.performance, device)
     speed = tuning.choose_speed(job.performance, params.optimizer, device.type, tuning.cpu_has_bf16())
     network, weights = job.model.load(params.backbone, device)
+    if job.auto_tile:
+        params = _fit_tile(job, params, network, device, content, len(styles))
     logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
 
     frames: list[torch.Tensor] = []
@@ -86,3 +94,18 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
     final = result.history[-1]
     logger.info(f"wrote {job.output} after {final.iteration} iterations in {final.elapsed_s:.1f} s (loss {final.total:.4g})")
     return result
+
+
+def _fit_tile(
+    job: OneShot, params: StyleParams, network: Network, device: torch.device, content: torch.Tensor, n_styles: int
+) -> StyleParams:
+    """``--tile auto``: the daemon's memory model, fitted to two short probe runs on this device,
+    picks the largest tile that fits the budget; an image that fits whole is not tiled."""
+    budget = job.memory_budget if job.memory_budget is not None else max(0, free_bytes(device) - job.reserve)
+    model = fit_model(probe(network, device, StyleParams(backbone=params.backbone)), MemoryModel(margin=MARGIN[device.type]))
+    size = (content.shape[-1], content.shape[-2])
+    fit = fit_run(params.with_overrides({"tile": None}), size, n_styles, model, budget, "tile")
+    if fit.params is None:
+        raise InputError(f"--tile auto: {fit.refusal.replace('scheduler.memory_budget', '--memory-budget')}")
+    logger.info(fit.warning or f"--tile auto: fits the memory budget of {budget / 2**30:.2f} GiB whole, not tiled")
+    return fit.params

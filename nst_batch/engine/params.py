@@ -95,7 +95,8 @@ class StyleParams(BaseModel):
     tile: int | None = Field(
         None, ge=16, le=16384,
         description="compute each iteration in tiles of about this many px (and a halo around each): the same "
-        "result, in the memory of one tile; unset: the whole image at once",
+        "result, in the memory of one tile; unset: the whole image at once (nst-batch run --tile auto: the "
+        "largest tile that fits)",
     )
 
     _split_lists = field_validator(
