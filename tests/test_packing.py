@@ -128,6 +128,31 @@ def test_a_run_too_big_with_policy_fail_says_what_would_fit(tmp_path, monkeypatc
     service.store.close()
 
 
+def test_a_1024px_job_over_the_budget_is_tiled_and_makes_a_1024px_result(tmp_path, monkeypatch):
+    """too_big: auto (the default) tiles it: the same picture, in the memory of one tile."""
+    from nst_batch.daemon.memory import run_need
+
+    service = make_service(tmp_path, monkeypatch, memory_budget="700MiB")
+    job = queue_job(service, "print", size=(1024, 768))
+    run = service.store.runs(job)[0]
+    shallow = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1", "optimizer": "adam"}  # cheap on a CPU
+    params = service.config.defaults.with_overrides({"image_size": 1024, "iterations": 1, **shallow})
+    service.store.change_params(run.id, params, None)
+    model = service.capacity.model(service.store, "vgg19")
+    assert model.peak(run_need(params, (1024, 768), 1)) > 700 * 2**20  # whole, it would not fit
+    serve_until_settled(service, timeout=240)
+
+    result = json.loads((service.folders.outbox / "print" / "job.json").read_text())["results"][0]
+    assert result["status"] == "done"
+    tile = result["params"]["tile"]
+    assert isinstance(tile, int) and tile < 1024 and f"tile: None -> {tile}" in result["warning"]
+    assert model.peak(run_need(params.with_overrides({"tile": tile}), (1024, 768), 1)) <= 700 * 2**20
+    (picture,) = (service.folders.outbox / "print").glob(f"{result['label']}.png")
+    with Image.open(picture) as image:
+        assert image.size == (1024, 768)
+    service.store.close()
+
+
 def final_losses(service: Service, name: str) -> float:
     return json.loads((service.folders.outbox / name / "job.json").read_text())["results"][0]["final_losses"]["total"]
 

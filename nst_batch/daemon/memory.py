@@ -107,9 +107,8 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     style_images = n_styles * 3 * style_size * style_size
     # the image and its gradient; the step before and the best image so far (repairs); the average (ema)
     kept = (4 + (1 if params.ema else 0)) * pixels
-    if tiled:  # the content target assembled from its pieces; the total variation's own copy and gradient
-        content_targets *= 2
-        kept += 2 * pixels if params.tv_weight else 0
+    if tiled and params.tv_weight:  # the total variation's own copy of the image, and its gradient
+        kept += 2 * pixels
     exact = kept + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
     if not tiled:
         activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
@@ -211,6 +210,7 @@ def run_seconds(params: StyleParams, content_size: tuple[int, int], n_styles: in
 POLICIES = ("auto", "tile", "lbfgs_history", "adam", "downscale", "fail")
 # auto: the first of these that fits; the optimizer's changes keep the largest tile that fits with them
 AUTO = ("tile", "lbfgs_history", "adam", "downscale")
+MIN_TILE = 64
 
 
 @dataclass(frozen=True)
@@ -280,15 +280,15 @@ def _with_tile(change: dict, params: StyleParams, content_size, fits, smallest: 
 def _tiles(params: StyleParams, content_size: tuple[int, int]) -> list[int]:
     """The tiles worth trying, largest first: for each number of tiles along the long side, the
     smallest tile that makes that many (a larger one would only add to a crop's size). None is
-    smaller than twice the halo, where the halos already make an iteration more than 4x the work
-    (a sidecar's ``tile`` may still ask for one)."""
+    smaller than MIN_TILE or twice the halo, where the halos already make an iteration more than 4x
+    the work (a sidecar's ``tile`` may still ask for one)."""
     width, height = content_size if all(content_size) else (1, 1)
     long_side = max(fit_long_side(height, width, params.image_size))
     layers = (*params.content_layer_names, *params.style_layer_names)
     tiling = Tiling.for_layers(params.backbone, layers, None)
     steps = -(-long_side // tiling.align)  # the long side in strides
     tiles = {tiling.align * -(-steps // n) for n in range(2, steps + 1)}
-    return sorted((tile for tile in tiles if tile >= 2 * tiling.halo), reverse=True)
+    return sorted((tile for tile in tiles if tile >= max(MIN_TILE, 2 * tiling.halo)), reverse=True)
 
 
 def _largest_tile(params: StyleParams, content_size, fits) -> int | None:

@@ -111,20 +111,24 @@ class Tiling:
         return max(s.crop_stop - s.crop_start for s in rows), max(s.crop_stop - s.crop_start for s in cols)
 
     def features(self, extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The whole image's features at ``layers``, assembled from the tiles' interiors (no autograd)."""
-        rows, cols = self.spans(image.shape[-2]), self.spans(image.shape[-1])
+        """The whole image's features at ``layers``, put together from the tiles' interiors (no autograd)."""
+        *others, last = self.tiles(*image.shape[-2:])
         with torch.no_grad():
-            if len(rows) * len(cols) == 1:
-                whole = extractor(image)
-                return {name: whole[name] for name in layers}
-            pieces: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in rows] for name in layers}
-            for i, row in enumerate(rows):
-                for col in cols:
-                    tile = Tile(row, col)
+            features = extractor(last.crop(image))
+            if not others:
+                return {name: features[name] for name in layers}
+            # The last tile's interior ends the whole image's features: their size is known from it.
+            whole = {}
+            for name in layers:
+                stride, part = self.strides[name], last.interior(features[name], self.strides[name])
+                rows, cols = last.region(stride)
+                whole[name] = part.new_empty((*part.shape[:-2], rows.start + part.shape[-2], cols.start + part.shape[-1]))
+            for tile in (last, *others):
+                if tile is not last:
                     features = extractor(tile.crop(image))
-                    for name in layers:  # copies, so the crop's features can go
-                        pieces[name][i].append(tile.interior(features[name], self.strides[name]).clone())
-            return {name: torch.cat([torch.cat(row, -1) for row in grid], -2) for name, grid in pieces.items()}
+                for name in layers:
+                    whole[name][(..., *tile.region(self.strides[name]))] = tile.interior(features[name], self.strides[name])
+            return whole
 
     def moments(self, extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str]) -> dict[str, Moments]:
         """The whole image's moments at ``layers``, summed over the tiles (no autograd)."""
