@@ -165,3 +165,29 @@ def test_estimate_one_job_grows_with_the_image_and_reads_the_queue(images, tmp_p
     assert "0 run(s) queued" in capsys.readouterr().out
     assert main(["estimate", "--config", str(config)]) == 2
     assert "needs --content and --style" in capsys.readouterr().err
+
+
+def test_tile_auto_picks_the_largest_tile_that_fits_the_budget_or_says_what_would(images, capsys, monkeypatch):
+    from nst_batch.cli import oneshot
+    from nst_batch.daemon.capacity import MARGIN
+    from nst_batch.daemon.memory import MemoryModel, run_need
+    from nst_batch.engine import StyleParams
+
+    monkeypatch.setattr(oneshot, "probe", lambda *args: [])  # the model's prior, not this machine's probes
+    shallow = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
+    base = ("--content", str(images / "content.png"), "--style", str(images / "style.jpg"), "--iterations", "1",
+            "--image-size", "192", "--optimizer", "adam", "--tile", "auto",
+            *(item for key, value in shallow.items() for item in (f"--{key}", value)))
+    whole = MemoryModel(margin=MARGIN["cpu"]).peak(
+        run_need(StyleParams(image_size=192, optimizer="adam", **shallow), (60, 30), 1))
+    out = images / "tiled.png"
+    assert run_cli(*base, "--output", str(out), "--memory-budget", str(whole - 1)) == 0
+    params = json.loads(read_metadata(out)["nst-batch:params"])
+    assert isinstance(params["tile"], int) and params["tile"] < 192
+    assert Image.open(out).size == (192, 96)
+    assert run_cli(*base, "--output", str(images / "roomy.png"), "--memory-budget", str(whole)) == 0
+    assert json.loads(read_metadata(images / "roomy.png")["nst-batch:params"]).get("tile") is None
+    capsys.readouterr()
+    assert run_cli(*base, "--output", str(images / "never.png"), "--memory-budget", "1MiB") == 2
+    error = capsys.readouterr().err
+    assert "--tile auto: needs" in error and "--memory-budget" in error and "Traceback" not in error
