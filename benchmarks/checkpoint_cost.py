@@ -28,8 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nst_batch.daemon.checkpoint import CHECKPOINT_SHARE, frame_bytes, save_checkpoint  # noqa: E402
+from nst_batch.daemon.checkpoint import CHECKPOINT_SHARE, save_checkpoint  # noqa: E402
 from nst_batch.engine import LossRecord, RunState, StyleParams  # noqa: E402
+from nst_batch.results.reel import FrameReel  # noqa: E402
 
 
 def optimizer_state(optimizer: str, size: int, history: int) -> dict:
@@ -59,18 +60,20 @@ def measure(optimizer: str, size: int, history: int, frames: int, folder: Path, 
         seed=0, scale=0, iteration=iterations, image=torch.rand((1, 3, size, size)), optimizer=state_dict,
         history=[LossRecord(i, 1.0, 1.0, 0.0, 2.0, i * 0.1) for i in range(1, iterations + 1)],
     )
-    pictures = [frame_bytes(torch.rand((1, 3, size, size))) for _ in range(frames)]
-    params = StyleParams(image_size=size, optimizer=optimizer).model_dump_json()
+    reel = FrameReel()  # as the runner keeps them: bounded, at most 512 px
+    for _ in range(frames):
+        reel.offer(torch.rand((1, 3, size, size)))
+    params = StyleParams(image_size=size, optimizer=optimizer)
     path = folder / f"run-{optimizer}-{size}.pt"
     seconds = []
     for _ in range(repeats):
         began = time.perf_counter()
-        assert save_checkpoint(path, state, pictures, params)
+        assert save_checkpoint(path, state, reel, params)
         seconds.append(time.perf_counter() - began)
     size_bytes = path.stat().st_size
     path.unlink()
     pairs = len(state_dict["state"][0].get("old_dirs", [])) if optimizer == "lbfgs" else 0
-    return {"optimizer": optimizer, "size": size, "lbfgs_pairs": pairs, "frames": frames,
+    return {"optimizer": optimizer, "size": size, "lbfgs_pairs": pairs, "frames": len(reel),
             "mib": round(size_bytes / 2**20, 1), "save_s": round(statistics.median(seconds), 3),
             "save_s_all": [round(s, 3) for s in seconds]}
 
@@ -80,7 +83,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=["lbfgs", "adam"])
     parser.add_argument("--history", type=int, default=StyleParams().lbfgs_history)
-    parser.add_argument("--frames", type=int, default=50, help="progress frames kept (gif: true keeps about 50)")
+    parser.add_argument("--frames", type=int, default=50,
+                        help="progress frames offered (gif: true keeps about 50; the reel keeps at most 256)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--every", type=int, default=25, help="checkpoint_every")

@@ -1,17 +1,15 @@
 """A run's checkpoint on disk: state and progress frames come back; a damaged or unsaveable one
 costs only time."""
 
+import json
+
 import pytest
 import torch
 
-from nst_batch.daemon.checkpoint import (
-    CHECKPOINT_SHARE,
-    checkpoint_due,
-    frame_bytes,
-    load_checkpoint,
-    save_checkpoint,
-)
+from nst_batch.daemon.checkpoint import CHECKPOINT_SHARE, checkpoint_due, load_checkpoint, save_checkpoint
 from nst_batch.engine import StyleParams, stylize
+from nst_batch.engine.images import FRAME_LONG_SIDE
+from nst_batch.results.reel import REEL_CAPACITY, FrameReel, frame_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,15 +20,15 @@ PARAMS = STOPPED
 @pytest.fixture
 def stopped(vgg19_random, tiny_images):
     """An L-BFGS run stopped at iteration 2, with its frames so far."""
-    frames = []
+    reel = FrameReel()
 
     def on_progress(progress) -> bool:
-        frames.append(frame_bytes(progress.frame))
+        reel.offer(progress.frame)
         return progress.iteration == 2
 
     result = stylize(vgg19_random, tiny_images.gradient, [tiny_images.noise], STOPPED, callback=on_progress)
     assert result.interrupted
-    return result, frames
+    return result, reel
 
 
 def test_state_and_frames_come_back_as_saved(tmp_path, stopped):
@@ -39,8 +37,11 @@ def test_state_and_frames_come_back_as_saved(tmp_path, stopped):
     assert save_checkpoint(path, result.state, frames, PARAMS)
     state, kept = load_checkpoint(path, PARAMS)
     assert (state.iteration, state.seed) == (2, 3) and torch.equal(state.image, result.state.image)
-    assert len(kept) == 2 and all(torch.equal(a, b) for a, b in zip(kept, frames, strict=True))
-    assert kept[0].dtype == torch.uint8
+    assert len(kept) == 2 and all(torch.equal(a, b) for a, b in zip(kept.frames, frames.frames, strict=True))
+    assert kept.frames[0].dtype == torch.uint8 and kept.placement() == frames.placement()
+    # the frames are still the plain list an older nst-batch reads back
+    saved = torch.load(path, weights_only=True)["frames"]
+    assert isinstance(saved, list) and len(saved) == 2
 
 
 def test_a_frame_keeps_what_the_gif_keeps_in_a_quarter_of_the_memory(tiny_images):
@@ -55,15 +56,15 @@ def test_a_checkpoint_saved_before_frames_were_kept_still_resumes(tmp_path, stop
     path = tmp_path / "run-1.pt"
     torch.save(result.state.to_dict(), path)
     state, frames = load_checkpoint(path, PARAMS)
-    assert state.iteration == 2 and frames == []
+    assert state.iteration == 2 and len(frames) == 0
 
 
 def test_a_damaged_checkpoint_is_dropped_and_the_run_starts_afresh(tmp_path):
     path = tmp_path / "run-1.pt"
     path.write_bytes(b"not a checkpoint")
-    assert load_checkpoint(path, PARAMS) == (None, [])
+    assert _nothing(load_checkpoint(path, PARAMS))
     assert not path.exists()
-    assert load_checkpoint(tmp_path / "run-2.pt", PARAMS) == (None, [])
+    assert _nothing(load_checkpoint(tmp_path / "run-2.pt", PARAMS))
 
 
 def test_a_checkpoint_saved_with_other_parameters_is_dropped(tmp_path, stopped):
@@ -72,14 +73,16 @@ def test_a_checkpoint_saved_with_other_parameters_is_dropped(tmp_path, stopped):
     path = tmp_path / "run-1.pt"
     assert save_checkpoint(path, result.state, frames, PARAMS)
     smaller = StyleParams(image_size=16, iterations=5, seed=3, frame_every=1)
-    assert load_checkpoint(path, smaller) == (None, [])
+    assert _nothing(load_checkpoint(path, smaller))
     assert not path.exists()
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, stopped, monkeypatch):
     result, frames = stopped
     path = tmp_path / "run-1.pt"
-    assert save_checkpoint(path, result.state, frames[:1], PARAMS)
+    first = FrameReel()
+    first.offer(frames.frames[0])
+    assert save_checkpoint(path, result.state, first, PARAMS)
 
     def refused(*args, **kwargs):  # torch reports a full disk without an errno
         raise RuntimeError("PytorchStreamWriter failed writing file data")
@@ -88,6 +91,35 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, s
     assert not save_checkpoint(path, result.state, frames, PARAMS)
     _, kept = load_checkpoint(path, PARAMS)
     assert len(kept) == 1
+
+
+def test_an_older_checkpoint_with_every_frame_at_full_size_loads_downsized_and_thinned(tmp_path, stopped):
+    """Before the reel, a checkpoint kept every frame at the image's size: 600 of them, 520 px wide here."""
+    result, _ = stopped
+    path = tmp_path / "run-1.pt"
+    frames = [frame_bytes(torch.full((1, 3, 8, 520), (i % 256) / 255)) for i in range(600)]
+    torch.save({"run": result.state.to_dict(), "frames": frames, "params": json.dumps(PARAMS.stored())}, path)
+    state, reel = load_checkpoint(path, PARAMS)
+    assert state.iteration == 2
+    assert REEL_CAPACITY // 2 <= len(reel) <= REEL_CAPACITY and reel.placement() == {"offered": 600, "stride": 4}
+    assert all(f.shape == (1, 3, 8, FRAME_LONG_SIDE) and f.dtype == torch.uint8 for f in reel.frames)
+    assert [int(f[0, 0, 0, 0]) for f in reel.frames] == [i % 256 for i in range(0, 600, 4)]  # evenly, in order
+
+
+def test_a_resumed_reel_keeps_what_one_never_interrupted_keeps(tmp_path, stopped):
+    result, _ = stopped
+    path = tmp_path / "run-1.pt"
+    frames = [frame_bytes(torch.full((1, 3, 2, 2), (i % 256) / 255)) for i in range(1000)]
+    uninterrupted = FrameReel()
+    for frame in frames[:700]:
+        uninterrupted.offer(frame)
+    assert save_checkpoint(path, result.state, uninterrupted, PARAMS)
+    _, resumed = load_checkpoint(path, PARAMS)
+    for frame in frames[700:]:
+        uninterrupted.offer(frame)
+        resumed.offer(frame)
+    assert len(resumed) <= REEL_CAPACITY and resumed.placement() == uninterrupted.placement()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.frames, uninterrupted.frames, strict=True))
 
 
 def test_a_checkpoint_is_due_every_n_iterations_while_saving_is_cheap():
@@ -120,3 +152,9 @@ def test_the_runs_of_a_batch_due_together_save_in_turns():
         if due[-1]:
             spent += 2.0
     assert due == [True, True, True, False, False, False, False, False]
+
+
+def _nothing(loaded) -> bool:
+    """(None, an empty reel): start afresh."""
+    state, reel = loaded
+    return state is None and len(reel) == 0 and reel.offered == 0

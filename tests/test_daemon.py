@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from daemon_helpers import Daemon, image_bytes, in_gallery, loss_rows, make_image, write_slowly
 from PIL import Image
 
 from nst_batch.cli import status
+from nst_batch.engine.images import FRAME_LONG_SIDE
+from nst_batch.results.reel import REEL_CAPACITY
 from nst_batch.settings.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -207,4 +210,40 @@ def test_sigterm_checkpoints_and_the_restart_resumes_and_finds_what_was_dropped_
 
     report = daemon.status_cli()
     assert report["jobs"] == {"queued": 0, "running": 0, "done": 2, "failed": 0}
+    assert daemon.terminate()[0] == 0
+
+
+def test_a_sidecar_asking_for_every_frame_of_a_long_run_keeps_at_most_the_reels_bound(daemon_factory) -> None:
+    """frame_every: 1 on 1200 iterations (of a 16 px image, through relu1_1 alone, so they are cheap):
+    the checkpoints and the GIF hold at most REEL_CAPACITY frames, evenly spaced, whatever was offered."""
+    iterations = 1200
+    daemon: Daemon = daemon_factory(scheduler={"calibrate": False})
+    daemon.start()
+    drop_pair(daemon.inbox, "every", (
+        f"gif: true\nframe_every: 1\niterations: {iterations}\nimage_size: 16\nearly_stop_tol: 0\n"
+        "content_layers: relu1_1\nstyle_layers: relu1_1\n"
+    ))
+    seen: dict[int, dict] = {}  # the reels of the checkpoints saved while it ran, by iteration
+
+    def past_the_bound() -> bool:
+        for path in (daemon.state / "checkpoints").glob("run-*.pt"):
+            try:
+                saved = torch.load(path, weights_only=True)
+            except (OSError, RuntimeError, EOFError):  # gone (the run ended) while being read
+                continue
+            seen[saved["run"]["iteration"]] = {"frames": saved["frames"], **saved["reel"]}
+        return any(s["offered"] > REEL_CAPACITY for s in seen.values()) or daemon.published("every") is not None
+
+    daemon.wait(past_the_bound, 120, "a checkpoint with more frames offered than the reel keeps")
+    done = daemon.wait_published("every", timeout=120)["every"]
+    assert [r["iterations"] for r in done["results"]] == [iterations]
+    assert max(seen, default=0) > REEL_CAPACITY, f"no checkpoint seen past the bound (at iterations {sorted(seen)})"
+    for iteration, s in seen.items():
+        assert s["offered"] == iteration  # every frame asked for was offered...
+        assert len(s["frames"]) <= REEL_CAPACITY  # ...and at most the bound kept
+        assert len(s["frames"]) == -(-s["offered"] // s["stride"])  # the first, then every stride-th
+        assert all(f.dtype == torch.uint8 and max(f.shape[-2:]) <= FRAME_LONG_SIDE for f in s["frames"])
+    with Image.open(daemon.outbox / "every" / "progress.gif") as gif:
+        # the frames kept (1200 offered: every 8th, 150) and the result
+        assert REEL_CAPACITY // 2 <= gif.n_frames <= REEL_CAPACITY + 1
     assert daemon.terminate()[0] == 0

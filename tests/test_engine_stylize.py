@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nst_batch.engine import RunState, StyleParams, stylize
-from nst_batch.engine.images import luminance, rgb_to_yiq
+from nst_batch.engine.images import FRAME_LONG_SIDE, luminance, resize_long_side, rgb_to_yiq
 from nst_batch.util.errors import DivergedError, InputError, NstBatchError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -183,6 +183,21 @@ def test_frames_come_every_k_iterations(vgg19_random, tiny_images):
     assert frames[2].shape == (1, 3, SIZE, SIZE) and frames[2].device.type == "cpu"
     assert 0 <= frames[4].min() and frames[4].max() <= 1
     assert not torch.equal(frames[2], frames[4])
+
+
+def test_a_frame_of_a_large_image_is_captured_downsized_to_the_frame_size(vgg19_random):
+    """A 600 x 300 run's frame is a 512 x 256 preview of the image (no full-size copy); the result stays full size."""
+    seen = []
+    shallow = {"content_layers": "relu1_1", "style_layers": "relu1_1"}
+    params = _params(image_size=600, iterations=1, frame_every=1, **shallow)
+    result = stylize(
+        vgg19_random, _random_image(300, 600), [_random_image(64, 64, seed=1)], params,
+        callback=lambda p: seen.append((p.frame, p.snapshot().image)),
+    )
+    [(frame, image)] = seen
+    assert FRAME_LONG_SIDE == 512 and frame.shape == (1, 3, 256, 512) and frame.device.type == "cpu"
+    assert torch.allclose(frame, resize_long_side(image.clamp(0, 1), FRAME_LONG_SIDE), atol=1e-6)
+    assert result.image.shape == (1, 3, 300, 600)
 
 
 def test_returning_true_from_the_callback_interrupts_with_a_state(vgg19_random, tiny_images):

@@ -17,6 +17,7 @@ from nst_batch.daemon.checkpoint import save_checkpoint
 from nst_batch.daemon.service import Service
 from nst_batch.daemon.store import RunSpec, Store
 from nst_batch.engine import stylize
+from nst_batch.results.reel import FrameReel
 from nst_batch.settings.config import Config
 from nst_batch.util.imagefile import read_image
 
@@ -275,7 +276,7 @@ def test_a_run_changed_to_fit_after_its_checkpoint_starts_again_rather_than_fail
         service.runner.network("vgg19")[0], read_image(folder / "big.content.png"), [read_image(folder / "big.style.png")],
         params, callback=lambda progress: progress.iteration == 2,
     )
-    assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, [], params)
+    assert save_checkpoint(service.folders.checkpoint(run.id), stopped.state, FrameReel(), params)
     service.store.change_params(run.id, params.with_overrides({"image_size": 24}), "shrunk to fit the device")
     serve_until_settled(service)
     [run] = service.store.runs(job)

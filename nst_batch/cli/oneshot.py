@@ -12,6 +12,7 @@ from ..daemon.capacity import MARGIN
 from ..daemon.measure import free_bytes, probe
 from ..daemon.memory import MemoryModel, fit_model, fit_run
 from ..engine import Network, Progress, Result, StyleParams, resolve_device, stylize
+from ..results.reel import FrameReel
 from ..results.result import gif_frame_every, write_result
 from ..settings import tuning
 from ..settings.config import ModelConfig, PerformanceConfig
@@ -71,14 +72,14 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
         params = _fit_tile(job, params, network, device, content, len(styles))
     logger.info(f"stylizing {job.content.name} with {', '.join(p.name for p in job.styles)} on {device}")
 
-    frames: list[torch.Tensor] = []
+    reel = FrameReel()  # bounded, however many frames come
     show = sys.stderr.isatty() if show_progress is None else show_progress
     total = params.iterations * params.scales
     with tqdm(total=total, disable=not show, unit="it", dynamic_ncols=True, file=sys.stderr) as bar:
 
         def on_progress(progress: Progress) -> None:
             if progress.frame is not None:
-                frames.append(progress.frame)
+                reel.offer(progress.frame)
             bar.n = progress.iteration
             bar.set_postfix(loss=f"{progress.losses.total:.4g}", scale=f"{progress.scale + 1}/{progress.scales}")
 
@@ -86,7 +87,7 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
 
     losses = job.loss_log_path if job.loss_log else None
     extra = {"content": job.content.name, "styles": [p.name for p in job.styles], "precision": speed.autocast or "fp32"}
-    write_result(result, params, weights, job.output, losses, job.gif, frames, extra)
+    write_result(result, params, weights, job.output, losses, job.gif, reel.frames, extra)
     for repair in result.repairs:
         logger.warning(repair.describe())
     for stop in result.early_stops:

@@ -28,12 +28,13 @@ from ..engine import (
     stylize_batch,
 )
 from ..engine.checks import result_problem
+from ..results.reel import FrameReel
 from ..results.result import FinishedRun
 from ..settings import tuning
 from ..settings.config import Config
 from ..util.errors import NstBatchError, disk_full
 from ..util.imagefile import read_image
-from .checkpoint import checkpoint_due, frame_bytes, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
 from .folders import Folders
 from .inbox import LIBRARY_PREFIX
 from .store import JobRecord, RunRecord, Store
@@ -161,7 +162,7 @@ class Runner:
             seat.outcome = self._failure(seat, error)
             return seat
         checkpoint = self.folders.checkpoint(run.id)
-        resume, seat.frames = load_checkpoint(checkpoint, seat.params)
+        resume, seat.reel = load_checkpoint(checkpoint, seat.params)
         if resume is not None:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
@@ -200,7 +201,7 @@ class Runner:
 
     def _release_memory(self, seats: list["_Seat"]) -> None:
         for seat in seats:
-            seat.frames.clear()
+            seat.reel.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -216,7 +217,7 @@ class Runner:
         run, params, log = seat.run, seat.params, seat.log
         if result.interrupted:
             checkpoint = self.folders.checkpoint(run.id)
-            saved = save_checkpoint(checkpoint, result.state, seat.frames, params, log)
+            saved = save_checkpoint(checkpoint, result.state, seat.reel, params, log)
             saved = "saved" if saved else "NOT saved"
             log.info(f"{run.label}: stopped at iteration {result.state.iteration}; checkpoint {saved}")
             return Outcome(Ending.STOPPED)
@@ -229,7 +230,7 @@ class Runner:
             return Outcome(Ending.UNUSABLE, problem)
         finished = FinishedRun(
             seat.job.label, run.label, run.content, run.styles, run.varying, params, seat.weights,
-            self.speed(params).autocast or "fp32", result, seat.content, seat.member.styles, tuple(seat.frames),
+            self.speed(params).autocast or "fp32", result, seat.content, seat.member.styles, seat.reel.frames,
         )
         final = result.history[-1]
         last_scale = final.iteration - result.scale_starts[-1]
@@ -240,18 +241,18 @@ class Runner:
     def _progress(
         self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
     ) -> Callable:
-        run, frames, log = seat.run, seat.frames, seat.log
+        run, reel, log = seat.run, seat.reel, seat.log
         params = seat.params
         last_report = 0.0
 
         def on_progress(progress: Progress) -> bool:
             nonlocal last_report, saved_at
             if progress.frame is not None:
-                frames.append(frame_bytes(progress.frame))
+                reel.offer(progress.frame)
             since_saved = progress.iteration - saved_at
             if checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s()):
                 began = time.monotonic()
-                save_checkpoint(checkpoint, progress.snapshot(), frames, params, log)
+                save_checkpoint(checkpoint, progress.snapshot(), reel, params, log)
                 saving.spent_s += time.monotonic() - began
                 saved_at = progress.iteration
             now = time.monotonic()
@@ -276,7 +277,7 @@ class _Seat:
     content: torch.Tensor | None = None
     weights: WeightsInfo | None = None
     member: Member | None = None
-    frames: list[torch.Tensor] = field(default_factory=list)  # the progress GIF's, as bytes
+    reel: FrameReel = field(default_factory=FrameReel)  # the progress GIF's frames, bounded
     outcome: Outcome | None = None
 
 

@@ -25,6 +25,16 @@ def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
     return resize(image, fit_long_side(*image.shape[-2:], size))
 
 
+# A progress frame is a preview (a GIF's frame): at most this many pixels on its long side, whatever
+# the image's size. At 4096 px a full-size frame would be 50 MB in fp32; this one is at most 3 MB.
+FRAME_LONG_SIDE = 512
+
+
+def shrink_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The image with its long side at most ``size`` (aspect kept); a smaller one as it is."""
+    return resize_long_side(image, size) if max(image.shape[-2:]) > size else image
+
+
 def _mix(image: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", matrix.to(image), image)
 

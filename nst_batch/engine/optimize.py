@@ -23,7 +23,7 @@ import torch
 
 from ..util.errors import DivergedError, InputError
 from .features import FeatureExtractor, Network, Speed
-from .images import fit_long_side, keep_colors, luminance, resize, resize_long_side
+from .images import FRAME_LONG_SIDE, fit_long_side, keep_colors, luminance, resize, resize_long_side, shrink_long_side
 from .losses import ContentLoss, Moments, StyleLoss, StyleTransferLoss, WassersteinStyleLoss
 from .params import DEFAULT_LR, StyleParams
 from .tiling import TiledLoss, Tiling
@@ -127,14 +127,21 @@ class RunState:
 
 @dataclass(frozen=True)
 class Progress:
-    """What the callback sees after each iteration."""
+    """What the callback sees after each iteration.
+
+    ``frame``, every ``frame_every`` iterations (else None): a preview of the current image, on
+    the CPU, in [0, 1], at most FRAME_LONG_SIDE (512) pixels on its long side, aspect kept (a
+    smaller image as it is). It is downsized when captured, on the image's device, so no
+    full-size copy is made: a frame is at most 3 MB (fp32) whatever the image's size. The image
+    itself, full size, is in ``snapshot()``.
+    """
 
     iteration: int  # 1-based, all scales together
     total_iterations: int  # upper bound: early stops may end sooner
     scale: int
     scales: int
     losses: LossRecord
-    frame: torch.Tensor | None  # the current image (CPU), every ``frame_every`` iterations
+    frame: torch.Tensor | None  # the current image as a preview of at most FRAME_LONG_SIDE px (CPU)
     snapshot: Callable[[], RunState]  # the state to resume from; costs a copy, so call it when needed
 
 
@@ -583,7 +590,8 @@ class _ScaleRun:
         return EarlyStop(self.iteration, self.state.scale, improvement, window, tol)
 
     def _picture(self) -> torch.Tensor:
-        return self.image.detach().clamp(0, 1).cpu()
+        """The progress frame: shrunk where the image is (on its device), so only the preview is copied."""
+        return shrink_long_side(self.image.detach().clamp(0, 1), FRAME_LONG_SIDE).cpu()
 
     def snapshot(self, with_optimizer: bool = True, final: bool = False) -> RunState:
         """The state to resume from; ``final``: the scale's result, which with ema is the average."""

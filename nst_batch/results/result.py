@@ -16,7 +16,7 @@ from PIL import Image
 
 from .. import __version__
 from ..engine import LossRecord, Result, StyleParams, WeightsInfo
-from ..engine.images import resize_long_side
+from ..engine.images import FRAME_LONG_SIDE, fit_long_side, resize
 from ..util.atomicio import atomic_path, atomic_write
 from ..util.errors import disk_full
 from ..util.imagefile import write_image
@@ -78,17 +78,22 @@ def write_result(
         write_gif(gif, [*frames, result.image])
 
 
-def write_gif(path: Path, frames: Sequence[torch.Tensor], max_side: int = 512, frame_ms: int = 100) -> None:
+def write_gif(
+    path: Path, frames: Sequence[torch.Tensor], max_side: int = FRAME_LONG_SIDE, frame_ms: int = 100
+) -> None:
     """An animated GIF of the frames, all at the last frame's size (frames of coarse scales grow).
-    A frame is an image in [0, 1], or 8-bit (as checkpoints keep them)."""
-    frames = [f.float() / 255 if f.dtype == torch.uint8 else f for f in frames]
-    last = resize_long_side(frames[-1], min(max_side, max(frames[-1].shape[-2:])))
-    shape = tuple(last.shape[-2:])
-    pictures = [_pil(torch.nn.functional.interpolate(f, size=shape, mode="bilinear")) for f in frames]
+    A frame is an image in [0, 1], or 8-bit (as checkpoints keep them); each is made a float
+    only while it becomes a picture, so a full reel never is one all at once (4 times its bytes)."""
+    shape = fit_long_side(*frames[-1].shape[-2:], min(max_side, max(frames[-1].shape[-2:])))
+    pictures = [_pil(resize(_unit(f), shape)) for f in frames]  # antialiased: the result may be 4096 px
     with atomic_path(path) as temp:
         pictures[0].save(
             temp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0, optimize=True
         )
+
+
+def _unit(frame: torch.Tensor) -> torch.Tensor:
+    return frame.float() / 255 if frame.dtype == torch.uint8 else frame
 
 
 def _pil(image: torch.Tensor) -> Image.Image:
