@@ -21,6 +21,7 @@ Four parts, each a flag (default: all but ``--big``, which takes minutes):
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -175,7 +176,8 @@ def big_child(side: int, budget: int, iterations: int, tile: int | None) -> dict
 
 
 def projection(network) -> list[dict]:
-    """The largest square side that fits each card, by bisection on the fitted model."""
+    """The largest square side that fits each card, by bisection on the fitted model: whole, and
+    with the largest tile that fits (``too_big: tile``), for Adam and L-BFGS (history 100)."""
     model = _fitted_model(network)
     rows = []
     for gigabytes in (8, 24, 141):
@@ -184,15 +186,16 @@ def projection(network) -> list[dict]:
             for tiled in (False, True):
                 def fits(side: int, optimizer=optimizer, tiled=tiled, budget=budget) -> bool:
                     params = StyleParams(image_size=side, optimizer=optimizer, iterations=1000)
-                    if tiled:
-                        params = params.with_overrides({"tile": 1024})
-                    return model.peak(run_need(params, (side, side), 1)) <= budget
+                    fit = fit_run(params, (side, side), 1, model, budget, "tile" if tiled else "fail")
+                    return fit.params is not None  # tiled: whole, or with the largest tile that fits
 
-                low, high = 64, 65536
+                low, high = 64, 16384  # image_size's limit: "16384" means at least that
                 while low < high:
                     middle = (low + high + 1) // 2
                     low, high = (middle, high) if fits(middle) else (low, middle - 1)
-                rows.append({"card_gb": gigabytes, "optimizer": optimizer, "tiled": tiled, "largest_side": low})
+                rows.append({"card_gb": gigabytes, "optimizer": optimizer, "tiled": tiled, "largest_side": low,
+                             "model": {"constant_bytes": model.constant_bytes, "per_activation": model.per_activation,
+                                       "margin": model.margin}})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -201,7 +204,8 @@ def environment() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg()}  # other work on the machine slows every figure alike
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,20 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"environment": environment()}
     if not (args.exactness or args.overhead or args.projection or args.big):
         args.exactness = args.overhead = args.projection = True
+    def save() -> None:  # after every part: a later one that fails loses nothing
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
     if args.exactness:
         report["exactness"] = exactness()
+        save()
     if args.overhead:
         report["overhead"] = overhead()
+        save()
     if args.projection:
         report["projection"] = projection(load_network("vgg19", "random")[0])
+        save()
     if args.big:
         command = [sys.executable, __file__, "--child", "--big", str(args.big), "--budget", args.budget,
                    "--iterations", str(args.iterations), *(["--tile", str(args.tile)] if args.tile else [])]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         report["big"] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(report["big"]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        save()
     return 0
 
 
