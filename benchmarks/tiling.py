@@ -39,7 +39,8 @@ from nst_batch.daemon.measure import PeakMeter, probe  # noqa: E402
 from nst_batch.daemon.memory import FORWARD_SHARE, MemoryModel, fit_model, fit_run, run_need  # noqa: E402
 from nst_batch.engine import StyleParams, load_network, stylize  # noqa: E402
 from nst_batch.engine.features import FeatureExtractor  # noqa: E402
-from nst_batch.engine.losses import ContentLoss, StyleLoss, StyleTransferLoss, WassersteinStyleLoss  # noqa: E402
+from nst_batch.engine.losses import StyleTransferLoss  # noqa: E402
+from nst_batch.engine.optimize import scale_loss  # noqa: E402
 from nst_batch.engine.tiling import TiledLoss, Tiling  # noqa: E402
 
 
@@ -53,15 +54,7 @@ def _waves(frequency: float, height: int, width: int) -> torch.Tensor:
 
 
 def _loss(extractor, params, content, styles, tiling) -> StyleTransferLoss:
-    features = tiling.features(extractor, content, params.content_layer_names)
-    moments = [tiling.moments(extractor, s, params.style_layer_names) for s in styles]
-    kind = WassersteinStyleLoss if params.style_loss == "wasserstein" else StyleLoss
-    blend = params.blend_weights(len(styles))
-    return StyleTransferLoss(
-        content={n: ContentLoss(features[n]) for n in params.content_layer_names},
-        style={n: kind.blended([m[n] for m in moments], blend) for n in params.style_layer_names},
-        layer_weights=params.layer_weights, content_weight=1.0, style_weight=1e3, tv_weight=params.tv_weight,
-    )
+    return scale_loss(extractor, tiling, content, styles, params, params.blend_weights(len(styles)), content.shape[-1])
 
 
 def exactness(size: int = 256, tile: int = 64) -> list[dict]:

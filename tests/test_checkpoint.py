@@ -77,6 +77,15 @@ def test_a_checkpoint_saved_with_other_parameters_is_dropped(tmp_path, stopped):
     assert not path.exists()
 
 
+def test_a_checkpoint_saved_whole_resumes_a_run_the_policy_tiles_since(tmp_path, stopped):
+    """Tiles change how an iteration is computed, not what: the state goes on."""
+    result, frames = stopped
+    path = tmp_path / "run-1.pt"
+    assert save_checkpoint(path, result.state, frames, PARAMS)
+    state, _ = load_checkpoint(path, PARAMS.with_overrides({"tile": 16}))
+    assert state is not None and state.iteration == 2
+
+
 def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path, stopped, monkeypatch):
     result, frames = stopped
     path = tmp_path / "run-1.pt"

@@ -191,3 +191,10 @@ def test_tile_auto_picks_the_largest_tile_that_fits_the_budget_or_says_what_woul
     assert run_cli(*base, "--output", str(images / "never.png"), "--memory-budget", "1MiB") == 2
     error = capsys.readouterr().err
     assert "--tile auto: needs" in error and "--memory-budget" in error and "Traceback" not in error
+
+
+def test_a_memory_budget_without_tile_auto_is_refused(images, capsys):
+    code = run_cli("--content", str(images / "content.png"), "--style", str(images / "style.jpg"),
+                   "--output", str(images / "out.png"), "--memory-budget", "1GiB")
+    assert code == 2 and "add --tile auto" in capsys.readouterr().err
+    assert not (images / "out.png").exists()

@@ -381,7 +381,7 @@ def test_a_tiled_run_holds_one_crops_activations_and_computes_every_crops():
     crops = [(r.crop_stop - r.crop_start, c.crop_stop - c.crop_start) for r in tiling.spans(2048) for c in tiling.spans(2048)]
     work = sum(activation_elements("vgg19", "relu5_1", h, w) for h, w in crops)
     assert tiled.work == int(FLOAT_BYTES * work * (1 + FORWARD_SHARE)) and tiled.work > whole.work  # the halos overlap
-    assert tiled.exact_bytes == whole.exact_bytes
+    assert tiled.exact_bytes == whole.exact_bytes + 2 * IMAGE * 2048 * 2048  # a step's passing copies, counted
     assert need_of(256, tile=512) == need_of(256)  # one tile: not tiled at all
 
 
@@ -406,10 +406,18 @@ def test_auto_tiles_first_then_shortens_the_history_of_a_tiled_run_then_downscal
     assert fit_run(BIG, CONTENT, 1, MODEL, budget, "tile").refusal is not None
     shorter = fit_run(BIG, CONTENT, 1, MODEL, budget, "auto").params
     assert shorter.tile is not None and 30 <= shorter.lbfgs_history < 100 and peak(shorter) <= budget
-    # not even Adam's image-sized tensors and the smallest tile fit: only a smaller image does
+    # not even Adam's image-sized tensors and the smallest tile fit: only a smaller image does, still tiled
     budget = peak(BIG.with_overrides({"optimizer": "adam", "tile": 160})) - 1
     small = fit_run(BIG, CONTENT, 1, MODEL, budget, "auto").params
-    assert small.image_size < 2048 and small.tile is None and peak(small) <= budget
+    assert small.image_size < 2048 and small.optimizer == "lbfgs" and peak(small) <= budget
+    assert small.tile is not None and small.image_size > fit_run(BIG, CONTENT, 1, MODEL, budget, "downscale").params.image_size
+
+
+def test_auto_prefers_adam_to_an_lbfgs_history_too_short_to_be_lbfgs():
+    budget = peak(BIG.with_overrides({"tile": 160, "lbfgs_history": 5}))  # 160: the smallest tile auto tries
+    assert fit_run(BIG.with_overrides({"tile": 160}), CONTENT, 1, MODEL, budget, "lbfgs_history").params.lbfgs_history < 10
+    chosen = fit_run(BIG, CONTENT, 1, MODEL, budget, "auto").params
+    assert chosen.optimizer == "adam" and chosen.tile is not None and peak(chosen) <= budget
 
 
 def test_samples_of_tiled_runs_keep_their_work_and_old_databases_gain_the_column(tmp_path):

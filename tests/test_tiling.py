@@ -14,7 +14,8 @@ from torchvision.models.vgg import make_layers
 from nst_batch.engine import StyleParams, stylize
 from nst_batch.engine.features import TORCHVISION, FeatureExtractor, build_network
 from nst_batch.engine.layers import DEFAULT_LAYERS, receptive_fields
-from nst_batch.engine.losses import ContentLoss, StyleLoss, StyleTransferLoss, WassersteinStyleLoss
+from nst_batch.engine.losses import StyleTransferLoss
+from nst_batch.engine.optimize import scale_loss
 from nst_batch.engine.tiling import TiledLoss, Tiling
 
 SIZE = 256
@@ -64,15 +65,8 @@ def _waves(frequency: float, height: int = SIZE, width: int = SIZE) -> torch.Ten
     return (torch.stack(channels).unsqueeze(0) + 1) / 2
 
 
-def _loss(extractor, params: StyleParams, content, styles, blend, tiling: Tiling) -> StyleTransferLoss:
-    content_features = tiling.features(extractor, content, params.content_layer_names)
-    moments = [tiling.moments(extractor, style, params.style_layer_names) for style in styles]
-    kind = WassersteinStyleLoss if params.style_loss == "wasserstein" else StyleLoss
-    return StyleTransferLoss(
-        content={name: ContentLoss(content_features[name]) for name in params.content_layer_names},
-        style={name: kind.blended([m[name] for m in moments], blend) for name in params.style_layer_names},
-        layer_weights=params.layer_weights, content_weight=1.0, style_weight=1e3, tv_weight=params.tv_weight,
-    )
+def _loss(extractor, params: StyleParams, content, styles, tiling: Tiling) -> StyleTransferLoss:
+    return scale_loss(extractor, tiling, content, styles, params, params.blend_weights(len(styles)), SIZE)
 
 
 def _relative(tiled: torch.Tensor, whole: torch.Tensor) -> float:
@@ -95,17 +89,16 @@ def test_the_tiled_gradient_is_the_untiled_gradient(networks, case):
     layers = (*params.content_layer_names, *params.style_layer_names)
     extractor = FeatureExtractor(networks[backbone], layers, params.pooling)
     content, styles = _waves(7.0), [_image(2 + i, SIZE - 32 * i, SIZE) for i in range(n_styles)]
-    blend = params.blend_weights(n_styles)
     whole, tiles = Tiling.for_layers(backbone, layers, None), Tiling.for_layers(backbone, layers, TILE)
     assert len(tiles.tiles(SIZE, SIZE)) == 16 and tiles.halo < SIZE  # the halos overlap other tiles
 
     image = (0.7 * _waves(11.0) + 0.3 * _image(9)).requires_grad_(True)
-    loss = _loss(extractor, params, content, styles, blend, whole)
+    loss = _loss(extractor, params, content, styles, whole)
     total, _ = loss(image, extractor(image))
     total.backward()
     expected, image.grad = image.grad, None
 
-    tiled_total, terms = TiledLoss(_loss(extractor, params, content, styles, blend, tiles), extractor, tiles).backward(image)
+    tiled_total, terms = TiledLoss(_loss(extractor, params, content, styles, tiles), extractor, tiles).backward(image)
     assert _relative(image.grad, expected) <= 1e-4
     assert tiled_total.item() == pytest.approx(total.item(), rel=1e-4)
     assert sum(terms.values()).item() == pytest.approx(tiled_total.item())

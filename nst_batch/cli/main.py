@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--weights-format", choices=("auto", "torchvision", "caffe"))
     run.add_argument(
         "--memory-budget", metavar="BYTES", type=_byte_size,
-        help="for --tile auto: the memory the run may use, e.g. 6GiB (default: the device's free memory less "
-        "scheduler.reserve)",
+        help="for --tile auto: the memory the run may use, e.g. 6GiB (default: the config's scheduler.memory_budget, "
+        "else the device's free memory less scheduler.reserve)",
     )
     _add_config_options(run)
     _add_param_options(run)
@@ -121,7 +121,10 @@ def _given_params(args: argparse.Namespace) -> dict[str, str | bool]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pydantic import ByteSize
+
     from ..settings.config import ModelConfig, load_config, params_with_overrides
+    from ..util.errors import InputError
     from .oneshot import OneShot, run_once
 
     config = load_config(args.config, args.overrides)
@@ -129,6 +132,11 @@ def _run(args: argparse.Namespace) -> int:
     auto_tile = given.get("tile") == "auto"
     if auto_tile:
         del given["tile"]
+    elif args.memory_budget is not None:
+        raise InputError("--memory-budget is the budget of --tile auto: add --tile auto, or leave it out")
+    scheduler = config.scheduler
+    if args.memory_budget is not None:
+        scheduler = scheduler.model_copy(update={"memory_budget": ByteSize(args.memory_budget)})
     job = OneShot(
         content=args.content,
         styles=tuple(args.style),
@@ -144,8 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         max_pixels=config.max_pixels,
         performance=config.performance,
         auto_tile=auto_tile,
-        memory_budget=args.memory_budget,
-        reserve=int(config.scheduler.reserve),
+        scheduler=scheduler,
     )
     run_once(job)
     return 0

@@ -15,7 +15,7 @@ from ..engine import Network, Progress, Result, StyleParams, resolve_device, sty
 from ..results.reel import FrameReel
 from ..results.result import gif_frame_every, write_result
 from ..settings import tuning
-from ..settings.config import ModelConfig, PerformanceConfig
+from ..settings.config import ModelConfig, PerformanceConfig, SchedulerConfig
 from ..util.errors import InputError
 from ..util.imagefile import WRITE_SUFFIXES, read_image
 
@@ -32,9 +32,8 @@ class OneShot:
     loss_log: bool = True
     max_pixels: int = 50_000_000
     performance: PerformanceConfig = PerformanceConfig()
-    auto_tile: bool = False  # --tile auto: the largest tile that fits memory_budget, if the image does not
-    memory_budget: int | None = None  # None: the device's free memory less reserve, as the daemon's
-    reserve: int = 1 << 30
+    auto_tile: bool = False  # --tile auto: the largest tile that fits the scheduler's budget, if the image does not
+    scheduler: SchedulerConfig = SchedulerConfig()  # its budget, as the daemon's
 
     @property
     def loss_log_path(self) -> Path:
@@ -102,7 +101,7 @@ def _fit_tile(
 ) -> StyleParams:
     """``--tile auto``: the daemon's memory model, fitted to two short probe runs on this device,
     picks the largest tile that fits the budget; an image that fits whole is not tiled."""
-    budget = job.memory_budget if job.memory_budget is not None else max(0, free_bytes(device) - job.reserve)
+    budget = job.scheduler.budget(free_bytes(device))
     model = fit_model(probe(network, device, StyleParams(backbone=params.backbone)), MemoryModel(margin=MARGIN[device.type]))
     size = (content.shape[-1], content.shape[-2])
     fit = fit_run(params.with_overrides({"tile": None}), size, n_styles, model, budget, "tile")

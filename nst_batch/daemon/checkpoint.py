@@ -62,7 +62,7 @@ def load_checkpoint(path: Path, params: StyleParams) -> tuple[RunState | None, F
         data = torch.load(path, map_location="cpu", weights_only=True)
         if "run" not in data:  # saved before checkpoints kept the frames: the GIF starts at the resume
             return RunState.from_dict(data), FrameReel()
-        if _saved_params(data.get("params")) != params.explicit():
+        if _saved_params(data.get("params")) != _compared(params.explicit()):
             logger.info(f"checkpoint {path.name} was saved with other parameters; starting the run again")
             path.unlink(missing_ok=True)
             return None, FrameReel()
@@ -76,4 +76,10 @@ def load_checkpoint(path: Path, params: StyleParams) -> tuple[RunState | None, F
 def _saved_params(saved: str | None) -> dict | None:
     """The parameters a checkpoint was saved with, every default resolved as it was then (an older
     nst-batch saved every field, a default as its value)."""
-    return None if saved is None else StyleParams.from_stored(json.loads(saved)).explicit()
+    return None if saved is None else _compared(StyleParams.from_stored(json.loads(saved)).explicit())
+
+
+def _compared(explicit: dict) -> dict:
+    """What must match for a state to go on: not the tile, which changes how an iteration is
+    computed, not what it computes (a run checkpointed whole may go on tiled after a restart)."""
+    return {key: value for key, value in explicit.items() if key != "tile"}

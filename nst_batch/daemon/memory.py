@@ -96,7 +96,7 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     layers = (*params.content_layer_names, *params.style_layer_names)
     names = LAYERS[params.backbone]
     deepest = max(layers, key=names.index)
-    tiling = Tiling.for_layers(params.backbone, layers, params.tile)
+    tiling = Tiling.of(params)
     tiled = tiling.splits(height, width)
     pixels = 3 * height * width * FLOAT_BYTES
     history = min(params.lbfgs_history, params.iterations)  # each scale starts a fresh optimizer
@@ -107,17 +107,20 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     style_images = n_styles * 3 * style_size * style_size
     # the image and its gradient; the step before and the best image so far (repairs); the average (ema)
     kept = (4 + (1 if params.ema else 0)) * pixels
-    if tiled and params.tv_weight:  # the total variation's own copy of the image, and its gradient
-        kept += 2 * pixels
+    if tiled:
+        # Passing image-sized tensors: a step's difference and the optimizer's temporaries; with
+        # a total variation, its copy of the image, its gradient and differences. Untiled, the fit
+        # of per_activation takes them in (they grow with the pixels as activations do); tiled,
+        # the activations are a crop's, so they are counted (measured: docs/benchmarks.md).
+        kept += (2 + (4 if params.tv_weight else 0)) * pixels
     exact = kept + optimizer + FLOAT_BYTES * (content_targets + style_targets + style_images)
     if not tiled:
         activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, height, width)
         return Need(exact, activations, height, width)
     crop = tiling.largest_crop(height, width)
     activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, *crop)
-    crops = Counter((r.crop_stop - r.crop_start, c.crop_stop - c.crop_start)
-                    for r in tiling.spans(height) for c in tiling.spans(width))
-    work = sum(n * activation_elements(params.backbone, deepest, h, w) for (h, w), n in crops.items())
+    rows, cols = (Counter(s.crop_stop - s.crop_start for s in tiling.spans(n)) for n in (height, width))
+    work = sum(m * n * activation_elements(params.backbone, deepest, h, w) for h, m in rows.items() for w, n in cols.items())
     return Need(exact, activations, height, width, int(FLOAT_BYTES * work * (1 + FORWARD_SHARE)))
 
 
@@ -208,9 +211,11 @@ def run_seconds(params: StyleParams, content_size: tuple[int, int], n_styles: in
 # --- what to do with a run that cannot fit even alone ---------------------------------------
 
 POLICIES = ("auto", "tile", "lbfgs_history", "adam", "downscale", "fail")
-# auto: the first of these that fits; the optimizer's changes keep the largest tile that fits with them
+# auto: the first of these that fits; the optimizer's changes, and a smaller image, keep the largest
+# tile that fits with them
 AUTO = ("tile", "lbfgs_history", "adam", "downscale")
 MIN_TILE = 64
+MIN_AUTO_HISTORY = 10  # L-BFGS with fewer pairs than this is barely L-BFGS: auto prefers Adam
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,7 @@ def fit_run(
     if needed <= budget:
         return RunFit(params)
     options = _options(params, content_size, n_styles, model, budget, tiled=policy == "auto")
-    chosen = next((name for name in AUTO if name in options), None) if policy == "auto" else policy
+    chosen = next((name for name in AUTO if _acceptable(name, options)), None) if policy == "auto" else policy
     if chosen in options:
         changed = params.with_overrides(options[chosen])
         change = ", ".join(f"{k}: {getattr(params, k)} -> {v}" for k, v in options[chosen].items())
@@ -263,10 +268,22 @@ def _options(params: StyleParams, content_size, n_styles, model: MemoryModel, bu
             options["lbfgs_history"] = _with_tile({"lbfgs_history": history}, params, content_size, fits, smallest)
         if fits(base.with_overrides({"optimizer": "adam"})):
             options["adam"] = _with_tile({"optimizer": "adam"}, params, content_size, fits, smallest)
-    size = _largest(64, params.image_size, lambda s: fits(params.with_overrides({"image_size": s})))
+    def fits_at(size: int) -> bool:  # with ``tiled``, whole or with the smallest tile
+        sized = params.with_overrides({"image_size": size})
+        least = _tiles(sized, content_size)[-1:] if tiled else []
+        return fits(sized) or bool(least) and fits(sized.with_overrides({"tile": least[0]}))
+
+    size = _largest(64, params.image_size, fits_at)
     if size is not None:
-        options["downscale"] = {"image_size": size}
+        sized = params.with_overrides({"image_size": size})
+        tile = None if fits(sized) else _largest_tile(sized, content_size, fits)
+        options["downscale"] = {"image_size": size, **({"tile": tile} if tile else {})}
     return options
+
+
+def _acceptable(name: str, options: dict[str, dict]) -> bool:
+    """Whether ``auto`` takes this option: a history too short to be L-BFGS's is Adam's turn."""
+    return name in options and options[name].get("lbfgs_history", MIN_AUTO_HISTORY) >= MIN_AUTO_HISTORY
 
 
 def _with_tile(change: dict, params: StyleParams, content_size, fits, smallest: dict) -> dict:

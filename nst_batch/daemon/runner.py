@@ -28,6 +28,8 @@ from ..engine import (
     stylize_batch,
 )
 from ..engine.checks import result_problem
+from ..engine.images import fit_long_side
+from ..engine.tiling import Tiling
 from ..results.reel import FrameReel
 from ..results.result import FinishedRun
 from ..settings import tuning
@@ -122,12 +124,15 @@ class Runner:
         return self._networks[backbone]
 
     def batch_key(self, run: RunRecord) -> Hashable | None:
-        """Runs with equal keys can go through together; None (an unknown image size) never does.
-        Equal iteration counts too, so that no run's result waits long for a longer one's."""
+        """Runs with equal keys can go through together; None (an unknown image size, or tiles: one
+        image at a time) never does. Equal iteration counts too, so that no run's result waits
+        long for a longer one's."""
         if not all(run.content_size):
             return None
         params = run.params
         width, height = run.content_size
+        if Tiling.of(params).splits(*fit_long_side(height, width, params.image_size)):
+            return None
         return (batch_key(params, (height, width)), self.speed(params), params.iterations)
 
     def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:

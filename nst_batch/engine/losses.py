@@ -14,7 +14,7 @@ weights).
 """
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +42,13 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return _SelfProduct.apply(features.reshape(b, c, h * w)) / (c * h * w)
 
 
-class Moments(NamedTuple):
+@dataclass(frozen=True)
+class Moments:
     """Sums over the positions of one image's features (1, C, H, W): all a style loss needs of
     them. Sums add up, so a whole image's moments are those of its parts added (tiling)."""
 
     count: int  # positions
-    sum: torch.Tensor  # (C,)
+    sum: torch.Tensor | None  # (C,); None in a gradient: the loss does not depend on it
     outer: torch.Tensor  # (C, C): the sum of F F^T
 
     @classmethod
@@ -55,17 +56,23 @@ class Moments(NamedTuple):
         flat = features.reshape(1, features.shape[1], -1)
         return cls(flat.shape[-1], flat.sum(-1)[0], _SelfProduct.apply(flat)[0])
 
-    def __add__(self, other: "Moments") -> "Moments":  # type: ignore[override]
+    def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.count + other.count, self.sum + other.sum, self.outer + other.outer)
 
     def dot(self, other: "Moments") -> torch.Tensor:
         """The sum of the element-wise products of the two sums: with ``self`` a loss's gradient
         with respect to the moments, the part of the loss whose gradient ``other`` carries."""
-        return (self.sum * other.sum).sum() + (self.outer * other.outer).sum()
+        product = (self.outer * other.outer).sum()
+        return product if self.sum is None else product + (self.sum * other.sum).sum()
 
     def leaves(self) -> "Moments":
         """A copy autograd can differentiate a loss with respect to."""
         return Moments(self.count, self.sum.detach().requires_grad_(), self.outer.detach().requires_grad_())
+
+    def gradient(self, loss: torch.Tensor) -> "Moments":
+        """The gradient of ``loss`` with respect to these moments (made by ``leaves``)."""
+        grad_sum, grad_outer = torch.autograd.grad(loss, [self.sum, self.outer], allow_unused=True, retain_graph=True)
+        return Moments(self.count, grad_sum, grad_outer if grad_outer is not None else torch.zeros_like(self.outer))
 
 
 def blend(moments: Sequence[Moments], weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -203,7 +203,7 @@ def batch_key(params: StyleParams, content_shape: Sequence[int]) -> tuple:
     height, width = content_shape[-2:]
     layers = frozenset((*params.content_layer_names, *params.style_layer_names))
     shapes = tuple(fit_long_side(height, width, size) for size in params.scale_sizes)
-    return (params.backbone, params.pooling, layers, shapes, params.tile)
+    return (params.backbone, params.pooling, layers, shapes, params.tile if Tiling.of(params).splits(*shapes[-1]) else None)
 
 
 def stylize_batch(network: Network, members: Sequence[Member], *, speed: Speed = Speed()) -> list[Result | Exception]:
@@ -250,8 +250,7 @@ class _Transfer:
         self.error: Exception | None = None
         self.interrupted = False
         self.run: _ScaleRun | None = None
-        layers = (*self.params.content_layer_names, *self.params.style_layer_names)
-        self.tiling = Tiling.for_layers(self.params.backbone, layers, self.params.tile)
+        self.tiling = Tiling.of(self.params)
         try:
             self.blend = self.params.blend_weights(len(member.styles))
             _check_short_sides(extractor, member.content, member.styles, self.params, self.params.scale_sizes[0])
@@ -283,7 +282,7 @@ class _Transfer:
                 scale_starts=[*self.state.scale_starts, self.state.iteration],
             )
         self.resuming = False
-        loss_fn = _loss(self.extractor, self.tiling, content, self.member.styles, self.params, self.blend, sizes[scale])
+        loss_fn = scale_loss(self.extractor, self.tiling, content, self.member.styles, self.params, self.blend, sizes[scale])
         tiled = TiledLoss(loss_fn, self.extractor, self.tiling) if self.tiling.splits(*content.shape[-2:]) else None
         return _ScaleRun(loss_fn, image, self.params, self.state, self.started, len(sizes), self.member.callback, tiled)
 
@@ -320,7 +319,10 @@ def _member_errors(holder: "_Transfer | _ScaleRun") -> Iterator[None]:
 def _iterate(extractor: Callable[[torch.Tensor], dict[str, torch.Tensor]], runs: list["_ScaleRun"]) -> None:
     """Step every run of one scale until each has ended: one forward and backward pass of all
     active images per iteration. A run's loss depends on its own image alone (the network mixes
-    nothing across a batch), so the summed loss gives each image exactly its own gradient."""
+    nothing across a batch), so the summed loss gives each image exactly its own gradient.
+
+    Tiled runs go one after another, tile by tile, through the plain extractor: their crops
+    differ in shape, which a compiled pass would recompile for."""
     active = [run for run in runs if not run.ended()]
     while active:
         for run in active:
@@ -368,7 +370,7 @@ def _starting_image(
     return resize(init_image.to(content.device), shape)
 
 
-def _loss(
+def scale_loss(
     extractor: FeatureExtractor,
     tiling: Tiling,
     content: torch.Tensor,
@@ -377,7 +379,8 @@ def _loss(
     blend: Sequence[float],
     size: int,
 ) -> StyleTransferLoss:
-    """The loss of one scale, its targets computed tile by tile when ``tiling`` cuts the images."""
+    """The loss of one scale whose long side is ``size``, its targets computed tile by tile when
+    ``tiling`` cuts the images."""
     content_features = tiling.features(extractor, content, params.content_layer_names)
     style_size = max(16, round(size * params.style_scale))
     style_images = [resize_long_side(s, style_size).to(content.device) for s in styles]
@@ -591,7 +594,7 @@ class _ScaleRun:
 
     def _picture(self) -> torch.Tensor:
         """The progress frame: shrunk where the image is (on its device), so only the preview is copied."""
-        return shrink_long_side(self.image.detach().clamp(0, 1), FRAME_LONG_SIDE).cpu()
+        return shrink_long_side(self.image.detach(), FRAME_LONG_SIDE).clamp(0, 1).cpu()
 
     def snapshot(self, with_optimizer: bool = True, final: bool = False) -> RunState:
         """The state to resume from; ``final``: the scale's result, which with ema is the average."""

@@ -25,6 +25,7 @@ import torch
 from .features import FeatureExtractor
 from .layers import receptive_fields
 from .losses import Moments, StyleTransferLoss
+from .params import StyleParams
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class Tiling:
         halo = -(-reach // align) * align
         interior = None if tile is None else max(align, tile // align * align)
         return cls(interior, halo, align, {name: fields[name].stride for name in layers})
+
+    @classmethod
+    def of(cls, params: StyleParams) -> "Tiling":
+        """The tiles of a run of ``params``: its ``tile``, for its layers."""
+        return cls.for_layers(params.backbone, (*params.content_layer_names, *params.style_layer_names), params.tile)
 
     def spans(self, length: int) -> list[Span]:
         if self.interior is None or length <= self.interior:
@@ -159,10 +165,7 @@ class TiledLoss:
         style = weights["style"] * sum(
             loss.layer_weights[name] * term.from_moments(moments[name]) for name, term in loss.style.items()
         )
-        leaves = [tensor for part in moments.values() for tensor in (part.sum, part.outer)]
-        grads = torch.autograd.grad(style, leaves, allow_unused=True)  # the Gram loss has no use for the sums
-        grads = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads, leaves)]
-        adjoint = {name: Moments(part.count, *grads[2 * i : 2 * i + 2]) for i, (name, part) in enumerate(moments.items())}
+        adjoint = {name: part.gradient(style) for name, part in moments.items()}  # the Gram loss has no use for sums
         # pass 2: tile by tile, the gradient of the loss's linear stand-in, to the tile's pixels
         grad = torch.zeros_like(image)
         content = image.new_zeros(())
