@@ -328,7 +328,7 @@ def _check_short_sides(
     extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[torch.Tensor], params: StyleParams, size: int
 ) -> None:
     """A very wide image at a small size would shrink to nothing before the deepest layer."""
-    style_size = max(16, round(size * params.style_scale))
+    style_size = params.style_long_side(size)
     named = [("content", content, size), *((f"style {i + 1}", s, style_size) for i, s in enumerate(styles))]
     for what, image, long_side in named:
         short = min(fit_long_side(*image.shape[-2:], long_side))
@@ -336,7 +336,7 @@ def _check_short_sides(
             raise InputError(
                 f"the {what} image is too narrow: at {long_side} px on its long side its short side is {short} px, "
                 f"but the layers up to {extractor.names[-1]} need {extractor.min_side} px: raise image_size "
-                f"(or style_scale), use fewer scales, or crop it"
+                f"(or style_scale, style_size), use fewer scales, or crop it"
             )
 
 
@@ -364,7 +364,7 @@ def _loss(
 ) -> StyleTransferLoss:
     with torch.no_grad():
         content_features = extractor(content)
-        style_size = max(16, round(size * params.style_scale))
+        style_size = params.style_long_side(size)
         style_images = [resize_long_side(s, style_size).to(content.device) for s in styles]
         if params.preserve_colors:
             style_images = [luminance(s) for s in style_images]
@@ -460,7 +460,8 @@ class _ScaleRun:
         early = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
         # ...but never on a repair: one more iteration evaluates the image it went back to
         just_repaired = bool(self.repairs) and self.repairs[-1].iteration == self.iteration
-        return early or (self.iteration - self.scale_start >= self.params.iterations and not just_repaired)
+        done = self.iteration - self.scale_start >= self.params.iterations_at(self.state.scale)
+        return early or (done and not just_repaired)
 
     def evaluate(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """This image's total loss from its features; the caller runs the backward pass."""
@@ -498,9 +499,8 @@ class _ScaleRun:
         if self.error is None and self.callback is not None:
             every = self.params.frame_every
             frame = self._picture() if every and self.iteration % every == 0 else None
-            total_iterations = self.params.iterations * self.scales
             progress = Progress(
-                self.iteration, total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
+                self.iteration, self.params.total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
             )
             if self.callback(progress):
                 self.stopped = True
