@@ -1,5 +1,5 @@
 """The high-resolution schedule: a ladder of any ratio, iterations per scale, a fixed style size
-validated, stored, resumed. Tiny images, random VGG-19."""
+and Adam's state carried across scales; validated, stored, resumed. Tiny images, random VGG-19."""
 
 import io
 import json
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from nst_batch.daemon.checkpoint import load_checkpoint
 from nst_batch.daemon.memory import MemoryModel, run_need, run_seconds
 from nst_batch.engine import RunState, StyleParams, stylize
+from nst_batch.engine.optimize import _carried_adam_state
 from nst_batch.util.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,14 +122,42 @@ def test_the_memory_model_counts_the_style_at_style_size():
     assert grown == 4 * 2 * 3 * (1024**2 - 512**2)
 
 
-# -- resuming --------------------------------------------------------------------------------
+# -- Adam's state across scales --------------------------------------------------------------
+
+
+def test_carry_optimizer_goes_on_with_adams_moments_at_the_next_scales_shape(vgg19_random, tiny_images):
+    content, style = _random_image(32, 32, seed=3), [tiny_images.noise]
+    carried = _params(optimizer="adam", carry_optimizer=True, iterations=3)
+    fresh = _params(optimizer="adam", iterations=3)
+    with_carry, without = (stylize(vgg19_random, content, style, p, callback=lambda p: p.iteration == 5)
+                           for p in (carried, fresh))
+    # the first scale and the second's start image are the same; the second's first step is not
+    assert _losses(with_carry)[:4] == _losses(without)[:4]
+    assert with_carry.history[4].total != pytest.approx(without.history[4].total, rel=1e-4)
+    state = with_carry.state.optimizer["state"][0]
+    assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (1, 3, 32, 32)
+    assert state["step"].item() == 5  # 3 steps at 16 px, then two at 32 px
+    assert without.state.optimizer["state"][0]["step"].item() == 2
+
+
+def test_the_carried_moments_are_resized_and_scaled_to_the_next_scales_gradient():
+    """Every loss is a mean over the pixels: at 4x the pixels a pixel's gradient is a quarter."""
+    saved = {"state": {0: {"step": torch.tensor(30.0), "exp_avg": torch.full((1, 3, 8, 8), 0.2),
+                           "exp_avg_sq": torch.full((1, 3, 8, 8), 0.04)}},
+             "param_groups": [{"lr": 0.002, "betas": (0.9, 0.999), "params": [0]}]}
+    carried = _carried_adam_state(saved, (16, 16), lr=0.02)
+    moments = carried["state"][0]
+    torch.testing.assert_close(moments["exp_avg"], torch.full((1, 3, 16, 16), 0.05))
+    torch.testing.assert_close(moments["exp_avg_sq"], torch.full((1, 3, 16, 16), 0.04 / 16))
+    assert moments["step"].item() == 30
+    assert carried["param_groups"] == [{"lr": 0.02, "betas": (0.9, 0.999), "params": [0]}]  # a repair's lr is not kept
 
 
 @pytest.mark.parametrize(
     ("overrides", "stop_at"),
-    [({"optimizer": "adam"}, 2),  # mid-scale
-     ({"optimizer": "adam"}, 3),  # the last iteration of the first scale
-     ({"optimizer": "adam"}, 4),  # the first of the second
+    [({"optimizer": "adam", "carry_optimizer": True}, 2),  # mid-scale
+     ({"optimizer": "adam", "carry_optimizer": True}, 3),  # the last iteration of the first scale
+     ({"optimizer": "adam", "carry_optimizer": True}, 4),  # the first of the second
      ({"optimizer": "lbfgs", "scale_ratio": 1.5}, 3)],
 )
 def test_a_run_resumed_at_any_point_of_the_schedule_ends_as_an_uninterrupted_one(vgg19_random, tiny_images, overrides,
@@ -152,6 +181,7 @@ def test_a_run_resumed_at_any_point_of_the_schedule_ends_as_an_uninterrupted_one
     [({"scales": 3, "scale_iterations": "100,50"}, "scale_iterations", "2 values for 3 scales: give one per scale"),
      ({"scales": 2, "scale_iterations": "100,0"}, "scale_iterations", "greater than or equal to 1"),
      ({"style_size": 256, "style_scale": 0.5}, "style_size", "style_size 256 and style_scale 0.5 both size"),
+     ({"carry_optimizer": True}, "carry_optimizer", "L-BFGS's curvature pairs .*: set optimizer: adam"),
      ({"scale_ratio": 1.0}, "scale_ratio", "greater than 1")],
 )
 def test_a_schedule_that_cannot_run_is_refused_naming_its_key(given, key, message):
@@ -165,7 +195,10 @@ def test_scale_iterations_reads_a_list_as_written_on_a_command_line():
 
 
 def test_a_stored_schedule_reads_back_as_itself():
-    params = StyleParams(image_size=1024, scales=3, scale_ratio=math.sqrt(2), scale_iterations=(400, 200, 100), style_size=512)
+    params = StyleParams(
+        image_size=1024, scales=3, scale_ratio=math.sqrt(2), scale_iterations=(400, 200, 100), style_size=512,
+        optimizer="adam", carry_optimizer=True,
+    )
     assert StyleParams.from_stored(json.loads(json.dumps(params.stored()))) == params
 
 
@@ -176,6 +209,7 @@ def test_a_record_from_before_the_schedule_means_what_it_meant():
     assert params.scale_sizes == (128, 256)
     assert [params.iterations_at(k) for k in range(2)] == [50, 50]
     assert [params.style_long_side(size) for size in params.scale_sizes] == [64, 128]
+    assert not params.carry_optimizer
 
 
 def test_a_checkpoint_from_before_the_schedule_still_resumes(tmp_path, vgg19_random, tiny_images):
@@ -183,10 +217,10 @@ def test_a_checkpoint_from_before_the_schedule_still_resumes(tmp_path, vgg19_ran
     params = _params(optimizer="adam", iterations=3)
     first = stylize(vgg19_random, _random_image(32, 32), [tiny_images.noise], params, callback=lambda p: p.iteration == 4)
     record = params.stored()
-    assert not {"scale_ratio", "scale_iterations", "style_size"} & set(record)
+    assert not {"scale_ratio", "scale_iterations", "style_size", "carry_optimizer"} & set(record)
     path = tmp_path / "run.ckpt"
     torch.save({"run": first.state.to_dict(), "frames": [], "params": json.dumps(record)}, path)
     resumed, _ = load_checkpoint(path, params)
     assert resumed is not None and resumed.iteration == 4 and resumed.scale == 1
-    # ...while the schedule's keys are compared like any other: another ladder is another run
-    assert load_checkpoint(path, params.with_overrides({"scale_ratio": 1.5})) == (None, [])
+    # ...while the schedule's keys are compared like any other: carrying the state is another run
+    assert load_checkpoint(path, params.with_overrides({"carry_optimizer": True})) == (None, [])

@@ -268,8 +268,11 @@ class _Transfer:
                 )
         else:
             image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
+            optimizer = {}
+            if self.params.carry_optimizer and self.state.optimizer:  # the last scale's
+                optimizer = _carried_adam_state(self.state.optimizer, tuple(image.shape[-2:]), self.params.learning_rate)
             self.state = replace(
-                self.state, scale=scale, optimizer={}, best_image=None, average=None,
+                self.state, scale=scale, optimizer=optimizer, best_image=None, average=None,
                 scale_starts=[*self.state.scale_starts, self.state.iteration],
             )
         self.resuming = False
@@ -284,8 +287,11 @@ class _Transfer:
             self.error = run.error
         elif run.stopped:
             self.state, self.interrupted = run.stop_state, True
-        else:  # the next scale starts a fresh optimizer: copying this one's state would be wasted
+        else:  # the next scale's optimizer starts afresh: a copy of this one's state would be wasted...
             self.state = run.snapshot(with_optimizer=False, final=True)
+            if self.params.carry_optimizer and run.state.scale + 1 < len(self.params.scale_sizes):
+                # ...unless it goes on from it; no copy, this scale is over
+                self.state = replace(self.state, optimizer=run.optimizer.state_dict())
 
     def outcome(self) -> Result | Exception:
         if self.error is None:
@@ -593,6 +599,26 @@ def _copy_into(buffer: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor
     if buffer is None:
         return image.detach().clone()
     return buffer.copy_(image.detach())
+
+
+def _carried_adam_state(saved: dict[str, Any], shape: tuple[int, int], lr: float) -> dict[str, Any]:
+    """Adam's state at the end of a scale, for the next scale's image of ``shape``: each moment
+    resized, and scaled as the gradient scales (every loss is a mean over the pixels, so a pixel's
+    gradient shrinks as their number grows), with its step count, so the bias correction does not
+    start over and blow the first steps up. The step size is ``lr``, whatever a repair left."""
+    def resized(moment: torch.Tensor) -> torch.Tensor:  # not images.resize: no clamping to [0, 1]
+        return torch.nn.functional.interpolate(moment, size=shape, mode="bilinear", align_corners=False, antialias=True)
+
+    state = {}
+    for key, moments in saved["state"].items():
+        height, width = moments["exp_avg"].shape[-2:]
+        shrink = height * width / (shape[0] * shape[1])
+        state[key] = {
+            "step": moments["step"].clone(),
+            "exp_avg": resized(moments["exp_avg"]) * shrink,
+            "exp_avg_sq": resized(moments["exp_avg_sq"]) * shrink**2,  # the filter's weights are >= 0: so is it
+        }
+    return {"state": state, "param_groups": [{**group, "lr": lr} for group in saved["param_groups"]]}
 
 
 def _evaluated(total: torch.Tensor) -> Callable[[], torch.Tensor]:

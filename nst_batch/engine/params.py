@@ -105,6 +105,9 @@ class StyleParams(BaseModel):
         description="iterations at each scale, smallest first, one per scale, e.g. 1000,500,200; default: unset "
         "(iterations at every scale)",
     )
+    carry_optimizer: bool = Field(
+        False, description="with adam: carry its moments on to the next scale, resized, instead of starting afresh"
+    )
     preserve_colors: bool = Field(False, description="keep the content's colours (luminance-only transfer)")
     seed: int | None = Field(None, ge=0, description="random seed; the same seed gives the same result")
     frame_every: int = Field(0, ge=0, description="keep a progress frame every K iterations (0 = none)")
@@ -164,6 +167,16 @@ class StyleParams(BaseModel):
             given = f"{len(counts)} value" + ("s" if len(counts) > 1 else "")
             raise ValueError(f"{given} for {scales} scale{'s' if scales > 1 else ''}: give one per scale, smallest first")
         return counts
+
+    @field_validator("carry_optimizer")
+    @classmethod
+    def _carried_by_adam(cls, carry: bool, info: ValidationInfo) -> bool:
+        if carry and info.data.get("optimizer") == "lbfgs":
+            raise ValueError(
+                "only adam's state can be carried to the next scale (L-BFGS's curvature pairs are of another "
+                "image size): set optimizer: adam, or carry_optimizer: false"
+            )
+        return carry
 
     @property
     def content_layer_names(self) -> tuple[str, ...]:
