@@ -78,14 +78,18 @@ def test_the_time_model_counts_each_scales_iterations():
     one_second_each = MemoryModel(seconds_constant=1.0, seconds_per_activation_byte=0.0)
     params = StyleParams(image_size=64, scales=3, scale_iterations=(100, 50, 20))
     assert run_seconds(params, (64, 64), 1, one_second_each) == pytest.approx(170)
-    assert run_seconds(StyleParams(image_size=64, scales=3, iterations=20), (64, 64), 1, one_second_each) == pytest.approx(60)
+    unscheduled = StyleParams(image_size=64, scales=3, iterations=20)
+    assert run_seconds(unscheduled, (64, 64), 1, one_second_each) == pytest.approx(60)
 
 
 def test_the_memory_model_keeps_the_longest_scales_lbfgs_history():
     """Each scale starts a fresh L-BFGS, so its history is at most the most iterations of one scale."""
     scheduled = StyleParams(image_size=64, scales=2, lbfgs_history=100, scale_iterations=(50, 10))
-    assert run_need(scheduled, (64, 64), 1) == run_need(StyleParams(image_size=64, scales=2, iterations=50), (64, 64), 1)
-    assert run_need(scheduled, (64, 64), 1) != run_need(StyleParams(image_size=64, scales=2, iterations=10), (64, 64), 1)
+    def need(params: StyleParams):
+        return run_need(params, (64, 64), 1)
+
+    assert need(scheduled) == need(StyleParams(image_size=64, scales=2, iterations=50))
+    assert need(scheduled) != need(StyleParams(image_size=64, scales=2, iterations=10))
 
 
 # -- style size ------------------------------------------------------------------------------
@@ -111,9 +115,10 @@ def test_the_style_targets_are_computed_at_style_size(vgg19_random):
 
 def test_a_style_wide_enough_only_at_style_size_is_accepted_only_with_it(vgg19_random, tiny_images):
     narrow_style = [_random_image(20, 200)]  # at 24 px on its long side, its short side would be 2 px
-    stylize(vgg19_random, tiny_images.gradient, narrow_style, _params(image_size=24, scales=1, style_size=200, iterations=1))
+    one_scale = {"image_size": 24, "scales": 1, "iterations": 1}
+    stylize(vgg19_random, tiny_images.gradient, narrow_style, _params(**one_scale, style_size=200))
     with pytest.raises(InputError, match="style 1 image is too narrow.*style_size"):
-        stylize(vgg19_random, tiny_images.gradient, narrow_style, _params(image_size=24, scales=1, iterations=1))
+        stylize(vgg19_random, tiny_images.gradient, narrow_style, _params(**one_scale))
 
 
 def test_the_memory_model_counts_the_style_at_style_size():
@@ -215,7 +220,8 @@ def test_a_record_from_before_the_schedule_means_what_it_meant():
 def test_a_checkpoint_from_before_the_schedule_still_resumes(tmp_path, vgg19_random, tiny_images):
     """An older nst-batch recorded no schedule keys; its checkpoint is of the same run today."""
     params = _params(optimizer="adam", iterations=3)
-    first = stylize(vgg19_random, _random_image(32, 32), [tiny_images.noise], params, callback=lambda p: p.iteration == 4)
+    first = stylize(vgg19_random, _random_image(32, 32), [tiny_images.noise], params,
+                    callback=lambda p: p.iteration == 4)
     record = params.stored()
     assert not {"scale_ratio", "scale_iterations", "style_size", "carry_optimizer"} & set(record)
     path = tmp_path / "run.ckpt"

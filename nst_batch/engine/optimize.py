@@ -268,9 +268,9 @@ class _Transfer:
                 )
         else:
             image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
-            optimizer = {}
+            optimizer, lr = {}, self.params.learning_rate
             if self.params.carry_optimizer and self.state.optimizer:  # the last scale's
-                optimizer = _carried_adam_state(self.state.optimizer, tuple(image.shape[-2:]), self.params.learning_rate)
+                optimizer = _carried_adam_state(self.state.optimizer, tuple(image.shape[-2:]), lr)
             self.state = replace(
                 self.state, scale=scale, optimizer=optimizer, best_image=None, average=None,
                 scale_starts=[*self.state.scale_starts, self.state.iteration],
@@ -506,7 +506,8 @@ class _ScaleRun:
             every = self.params.frame_every
             frame = self._picture() if every and self.iteration % every == 0 else None
             progress = Progress(
-                self.iteration, self.params.total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
+                self.iteration, self.params.total_iterations, self.state.scale, self.scales, record, frame,
+                self.snapshot,
             )
             if self.callback(progress):
                 self.stopped = True

@@ -113,7 +113,8 @@ class StyleParams(BaseModel):
     frame_every: int = Field(0, ge=0, description="keep a progress frame every K iterations (0 = none)")
 
     _split_lists = field_validator(
-        "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", "scale_iterations", mode="before"
+        "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", "scale_iterations",
+        mode="before",
     )(_split_list)
 
     @field_validator("style_layer_weights", "style_blend_weights")
@@ -165,7 +166,8 @@ class StyleParams(BaseModel):
         scales = info.data.get("scales")
         if scales is not None and len(counts) != scales:
             given = f"{len(counts)} value" + ("s" if len(counts) > 1 else "")
-            raise ValueError(f"{given} for {scales} scale{'s' if scales > 1 else ''}: give one per scale, smallest first")
+            of = f"{scales} scale" + ("s" if scales > 1 else "")
+            raise ValueError(f"{given} for {of}: give one per scale, smallest first")
         return counts
 
     @field_validator("carry_optimizer")
