@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,10 +195,13 @@ def variant_params(variant: Variant, base: dict[str, Any]) -> tuple[StyleParams,
     return StyleParams(**{**base, **kept}), dropped
 
 
-def loss_flags(totals: list[float]) -> dict[str, Any]:
-    """Blow-ups (a total JUMP x the best before it) and stalls (no real change overall)."""
+def loss_flags(totals: list[float], scale_starts: Sequence[int] = (0,)) -> dict[str, Any]:
+    """Blow-ups (a total JUMP x the best before it in its scale: a scale's first loss, at the new
+    size, is no blow-up) and stalls (no real change overall)."""
     best, worst_jump, jumps = float("inf"), 1.0, []
     for iteration, total in enumerate(totals, start=1):
+        if iteration - 1 in scale_starts:
+            best = float("inf")
         if best < float("inf") and best > 0:
             worst_jump = max(worst_jump, total / best)
             if total / best >= JUMP:
@@ -232,13 +236,14 @@ def run_one(network, scorer: Scorer, content, style, variant: Variant, base: dic
         "params": params.explicit(),
         "dropped_overrides": dropped,
         "iterations": len(history),
+        "scale_starts": list(result.scale_starts),
         "wall_s": wall,
         "s_per_iteration": (history[-1].elapsed_s - history[0].elapsed_s) / max(1, len(history) - 1),
         "first": {"content": history[0].content, "style": history[0].style, "total": history[0].total},
         "final": {"content": last.content, "style": last.style, "tv": last.tv, "total": last.total},
         "early_stops": [e.describe() for e in result.early_stops],
         "repairs": [r.describe() for r in getattr(result, "repairs", [])],  # engines that repair blow-ups
-        **loss_flags([r.total for r in history]),
+        **loss_flags([r.total for r in history], result.scale_starts),
         "scores": scorer.scores(result.image),
         # [iteration, content, style, total, elapsed_s]: the loss against time
         "history": [[r.iteration, _g(r.content), _g(r.style), _g(r.total), round(r.elapsed_s, 3)] for r in history],

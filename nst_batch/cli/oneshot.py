@@ -73,7 +73,7 @@ def run_once(job: OneShot, show_progress: bool | None = None) -> Result:
 
     reel = FrameReel()  # bounded, however many frames come
     show = sys.stderr.isatty() if show_progress is None else show_progress
-    total = params.iterations * params.scales
+    total = params.total_iterations
     with tqdm(total=total, disable=not show, unit="it", dynamic_ncols=True, file=sys.stderr) as bar:
 
         def on_progress(progress: Progress) -> None:

@@ -99,11 +99,12 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
     tiling = Tiling.of(params)
     tiled = tiling.splits(height, width)
     pixels = 3 * height * width * FLOAT_BYTES
-    history = min(params.lbfgs_history, params.iterations)  # each scale starts a fresh optimizer
+    # each scale starts a fresh L-BFGS: its history is at most the most iterations of one scale
+    history = min(params.lbfgs_history, max(params.iterations_at(scale) for scale in range(params.scales)))
     optimizer = 2 * pixels if params.optimizer == "adam" else (2 * history + 4) * pixels
     content_targets = sum(_elements(params.backbone, name, height, width) for name in params.content_layer_names)
     style_targets = sum(layer_shape(params.backbone, name, 1, 1)[0] ** 2 for name in params.style_layer_names)
-    style_size = max(16, round(params.image_size * params.style_scale))
+    style_size = params.style_long_side(params.image_size)
     style_images = n_styles * 3 * style_size * style_size
     # the image and its gradient; the step before and the best image so far (repairs); the average (ema)
     kept = (4 + (1 if params.ema else 0)) * pixels
@@ -202,9 +203,9 @@ def _line(xs: Sequence[float], ys: Sequence[float], prior_intercept: float, prio
 def run_seconds(params: StyleParams, content_size: tuple[int, int], n_styles: int, model: MemoryModel) -> float:
     """Predicted seconds for the whole run: each scale's iterations at that scale's cost."""
     return sum(
-        params.iterations
+        params.iterations_at(scale)
         * model.seconds_per_iteration(run_need(params.with_overrides({"image_size": size}), content_size, n_styles))
-        for size in params.scale_sizes
+        for scale, size in enumerate(params.scale_sizes)
     )
 
 

@@ -125,15 +125,16 @@ class Runner:
 
     def batch_key(self, run: RunRecord) -> Hashable | None:
         """Runs with equal keys can go through together; None (an unknown image size, or tiles: one
-        image at a time) never does. Equal iteration counts too, so that no run's result waits
-        long for a longer one's."""
+        image at a time) never does. Equal iteration counts at every scale too (the members go
+        through the scales in step), so that no run's result waits long for a longer one's."""
         if not all(run.content_size):
             return None
         params = run.params
         width, height = run.content_size
         if Tiling.of(params).splits(*fit_long_side(height, width, params.image_size)):
             return None
-        return (batch_key(params, (height, width)), self.speed(params), params.iterations)
+        iterations = tuple(params.iterations_at(scale) for scale in range(params.scales))
+        return (batch_key(params, (height, width)), self.speed(params), iterations)
 
     def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:
         """Runs of one batch_key (or one run), through shared passes of the network; an outcome for
@@ -171,7 +172,7 @@ class Runner:
         if resume is not None:
             seat.log.info(f"{run.label}: resuming from iteration {resume.iteration}")
         else:
-            seat.log.info(f"{run.label}: starting ({seat.params.iterations * seat.params.scales} iterations on {self.device})")
+            seat.log.info(f"{run.label}: starting ({seat.params.total_iterations} iterations on {self.device})")
         saved_at = resume.iteration if resume is not None else 0
         on_progress = self._progress(seat, stop, store, checkpoint, saved_at, saving)
         seat.member = Member(seat.content, styles, seat.params, init, on_progress, resume)

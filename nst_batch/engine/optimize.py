@@ -277,8 +277,11 @@ class _Transfer:
                 )
         else:
             image = _starting_image(scale, self.state, content, self.member.init_image, self.params)
+            optimizer, lr = {}, self.params.learning_rate
+            if self.params.carry_optimizer and self.state.optimizer:  # the last scale's
+                optimizer = _carried_adam_state(self.state.optimizer, tuple(image.shape[-2:]), lr)
             self.state = replace(
-                self.state, scale=scale, optimizer={}, best_image=None, average=None,
+                self.state, scale=scale, optimizer=optimizer, best_image=None, average=None,
                 scale_starts=[*self.state.scale_starts, self.state.iteration],
             )
         self.resuming = False
@@ -294,8 +297,11 @@ class _Transfer:
             self.error = run.error
         elif run.stopped:
             self.state, self.interrupted = run.stop_state, True
-        else:  # the next scale starts a fresh optimizer: copying this one's state would be wasted
+        else:  # the next scale's optimizer starts afresh: a copy of this one's state would be wasted...
             self.state = run.snapshot(with_optimizer=False, final=True)
+            if self.params.carry_optimizer and run.state.scale + 1 < len(self.params.scale_sizes):
+                # ...unless it goes on from it; no copy, this scale is over
+                self.state = replace(self.state, optimizer=run.optimizer.state_dict())
 
     def outcome(self) -> Result | Exception:
         if self.error is None:
@@ -344,7 +350,7 @@ def _check_short_sides(
     extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[torch.Tensor], params: StyleParams, size: int
 ) -> None:
     """A very wide image at a small size would shrink to nothing before the deepest layer."""
-    style_size = max(16, round(size * params.style_scale))
+    style_size = params.style_long_side(size)
     named = [("content", content, size), *((f"style {i + 1}", s, style_size) for i, s in enumerate(styles))]
     for what, image, long_side in named:
         short = min(fit_long_side(*image.shape[-2:], long_side))
@@ -352,7 +358,7 @@ def _check_short_sides(
             raise InputError(
                 f"the {what} image is too narrow: at {long_side} px on its long side its short side is {short} px, "
                 f"but the layers up to {extractor.names[-1]} need {extractor.min_side} px: raise image_size "
-                f"(or style_scale), use fewer scales, or crop it"
+                f"(or style_scale, style_size), use fewer scales, or crop it"
             )
 
 
@@ -382,7 +388,7 @@ def scale_loss(
     """The loss of one scale whose long side is ``size``, its targets computed tile by tile when
     ``tiling`` cuts the images."""
     content_features = tiling.features(extractor, content, params.content_layer_names)
-    style_size = max(16, round(size * params.style_scale))
+    style_size = params.style_long_side(size)
     style_images = [resize_long_side(s, style_size).to(content.device) for s in styles]
     if params.preserve_colors:
         style_images = [luminance(s) for s in style_images]
@@ -479,7 +485,8 @@ class _ScaleRun:
         early = bool(self.early_stops) and self.early_stops[-1].scale == self.state.scale
         # ...but never on a repair: one more iteration evaluates the image it went back to
         just_repaired = bool(self.repairs) and self.repairs[-1].iteration == self.iteration
-        return early or (self.iteration - self.scale_start >= self.params.iterations and not just_repaired)
+        done = self.iteration - self.scale_start >= self.params.iterations_at(self.state.scale)
+        return early or (done and not just_repaired)
 
     def evaluate(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """This image's total loss from its features; the caller runs the backward pass."""
@@ -523,9 +530,9 @@ class _ScaleRun:
         if self.error is None and self.callback is not None:
             every = self.params.frame_every
             frame = self._picture() if every and self.iteration % every == 0 else None
-            total_iterations = self.params.iterations * self.scales
             progress = Progress(
-                self.iteration, total_iterations, self.state.scale, self.scales, record, frame, self.snapshot
+                self.iteration, self.params.total_iterations, self.state.scale, self.scales, record, frame,
+                self.snapshot,
             )
             if self.callback(progress):
                 self.stopped = True
@@ -619,6 +626,26 @@ def _copy_into(buffer: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor
     if buffer is None:
         return image.detach().clone()
     return buffer.copy_(image.detach())
+
+
+def _carried_adam_state(saved: dict[str, Any], shape: tuple[int, int], lr: float) -> dict[str, Any]:
+    """Adam's state at the end of a scale, for the next scale's image of ``shape``: each moment
+    resized, and scaled as the gradient scales (every loss is a mean over the pixels, so a pixel's
+    gradient shrinks as their number grows), with its step count, so the bias correction does not
+    start over and blow the first steps up. The step size is ``lr``, whatever a repair left."""
+    def resized(moment: torch.Tensor) -> torch.Tensor:  # not images.resize: no clamping to [0, 1]
+        return torch.nn.functional.interpolate(moment, size=shape, mode="bilinear", align_corners=False, antialias=True)
+
+    state = {}
+    for key, moments in saved["state"].items():
+        height, width = moments["exp_avg"].shape[-2:]
+        shrink = height * width / (shape[0] * shape[1])
+        state[key] = {
+            "step": moments["step"].clone(),
+            "exp_avg": resized(moments["exp_avg"]) * shrink,
+            "exp_avg_sq": resized(moments["exp_avg_sq"]) * shrink**2,  # the filter's weights are >= 0: so is it
+        }
+    return {"state": state, "param_groups": [{**group, "lr": lr} for group in saved["param_groups"]]}
 
 
 def _evaluated(total: torch.Tensor) -> Callable[[], torch.Tensor]:

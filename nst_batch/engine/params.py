@@ -5,7 +5,7 @@ itself, so a new knob is added here and shows up everywhere, validated and docum
 """
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -20,6 +20,7 @@ STYLE_WEIGHT_NETWORK = 1600.0
 LBFGS_MAX_STEP = 0.1
 
 LossNormalization = Literal["none", "network"]
+Iterations = Annotated[int, Field(ge=1, le=100_000)]
 # (content_weight, style_weight) when unset. With "none" they are neural-style's and PyTorch's
 # tutorial's; with "network" the terms are in units of the network's feature scale and the
 # weights were chosen with benchmarks/quality.py (docs/benchmarks.md, "Quality").
@@ -47,7 +48,14 @@ class StyleParams(BaseModel):
     backbone: Backbone = Field("vgg19", description="feature network: vgg19 | vgg16 | resnet18")
     pooling: Literal["max", "avg"] = Field("max", description="pooling layers: max | avg (smoother gradients)")
     image_size: int = Field(512, ge=16, le=16384, description="long side of the output in pixels; aspect is kept")
-    style_scale: float = Field(1.0, gt=0, le=8, description="style images are resized to image_size x style_scale")
+    style_scale: float = Field(
+        1.0, gt=0, le=8, description="style images are resized to each scale's size x style_scale"
+    )
+    style_size: int | None = Field(
+        None, ge=16, le=16384,
+        description="long side of the style images in pixels at every scale, so textures keep their size in pixels "
+        "whatever image_size; replaces style_scale; default: unset (style_scale)",
+    )
     loss_normalization: LossNormalization = Field(
         "network",
         description="network: the terms in units of the network's feature scale, so weights mean the same on "
@@ -82,13 +90,24 @@ class StyleParams(BaseModel):
     ema: float = Field(
         0.0, ge=0, lt=1, description="keep an average of the iterates with this decay, e.g. 0.99, as each scale's image; 0 = off"
     )
-    iterations: int = Field(300, ge=1, le=100_000, description="iterations at each scale")
+    iterations: Iterations = Field(300, description="iterations at each scale (unless scale_iterations)")
     early_stop_tol: float = Field(
         1e-3, ge=0, lt=1, description="stop a scale when the loss improved less than this fraction over the window; 0 = off"
     )
     early_stop_window: int = Field(100, ge=1, description="iterations over which early_stop_tol is measured")
     init: str = Field("content", min_length=1, description="content | noise | path of an image to start from")
-    scales: int = Field(1, ge=1, le=8, description="coarse-to-fine scales; each is half the size of the next")
+    scales: int = Field(1, ge=1, le=8, description="coarse-to-fine scales; each is the next one's size / scale_ratio")
+    scale_ratio: float = Field(
+        2.0, gt=1, le=4, description="each scale's long side is the next one's / scale_ratio, e.g. 1.414 (sqrt 2)"
+    )
+    scale_iterations: tuple[Iterations, ...] | None = Field(
+        None, min_length=1,
+        description="iterations at each scale, smallest first, one per scale, e.g. 1000,500,200; default: unset "
+        "(iterations at every scale)",
+    )
+    carry_optimizer: bool = Field(
+        False, description="with adam: carry its moments on to the next scale, resized, instead of starting afresh"
+    )
     preserve_colors: bool = Field(False, description="keep the content's colours (luminance-only transfer)")
     seed: int | None = Field(None, ge=0, description="random seed; the same seed gives the same result")
     frame_every: int = Field(0, ge=0, description="keep a progress frame every K iterations (0 = none)")
@@ -100,7 +119,8 @@ class StyleParams(BaseModel):
     )
 
     _split_lists = field_validator(
-        "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", mode="before"
+        "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", "scale_iterations",
+        mode="before",
     )(_split_list)
 
     @field_validator("style_layer_weights", "style_blend_weights")
@@ -132,6 +152,39 @@ class StyleParams(BaseModel):
                 f"{len(weights)} values for {len(layers)} style layers ({', '.join(layers)}): give one per layer"
             )
         return weights
+
+    @field_validator("style_size")
+    @classmethod
+    def _one_style_size(cls, style_size: int | None, info: ValidationInfo) -> int | None:
+        style_scale = info.data.get("style_scale", 1.0)
+        if style_size is not None and style_scale != 1.0:
+            raise ValueError(
+                f"style_size {style_size} and style_scale {style_scale:g} both size the style images: "
+                "give one (style_scale: 1 with style_size)"
+            )
+        return style_size
+
+    @field_validator("scale_iterations")
+    @classmethod
+    def _iterations_per_scale(cls, counts: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        if counts is None:
+            return None
+        scales = info.data.get("scales")
+        if scales is not None and len(counts) != scales:
+            given = f"{len(counts)} value" + ("s" if len(counts) > 1 else "")
+            of = f"{scales} scale" + ("s" if scales > 1 else "")
+            raise ValueError(f"{given} for {of}: give one per scale, smallest first")
+        return counts
+
+    @field_validator("carry_optimizer")
+    @classmethod
+    def _carried_by_adam(cls, carry: bool, info: ValidationInfo) -> bool:
+        if carry and info.data.get("optimizer") == "lbfgs":
+            raise ValueError(
+                "only adam's state can be carried to the next scale (L-BFGS's curvature pairs are of another "
+                "image size): set optimizer: adam, or carry_optimizer: false"
+            )
+        return carry
 
     @property
     def content_layer_names(self) -> tuple[str, ...]:
@@ -168,7 +221,20 @@ class StyleParams(BaseModel):
     @property
     def scale_sizes(self) -> tuple[int, ...]:
         """Long side at each scale, smallest first; the last is image_size."""
-        return tuple(max(16, round(self.image_size / 2**k)) for k in reversed(range(self.scales)))
+        return tuple(max(16, round(self.image_size / self.scale_ratio**k)) for k in reversed(range(self.scales)))
+
+    def iterations_at(self, scale: int) -> int:
+        """Iterations of the scale of index ``scale`` (0: the smallest); early stops may end it sooner."""
+        return self.scale_iterations[scale] if self.scale_iterations is not None else self.iterations
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations of every scale together: an upper bound, early stops may end sooner."""
+        return sum(self.iterations_at(scale) for scale in range(self.scales))
+
+    def style_long_side(self, size: int) -> int:
+        """Long side of the style images at a scale whose long side is ``size``."""
+        return self.style_size if self.style_size is not None else max(16, round(size * self.style_scale))
 
     def blend_weights(self, n_styles: int) -> tuple[float, ...]:
         """Normalized blend weights for ``n_styles`` style images."""

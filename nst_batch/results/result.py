@@ -30,7 +30,7 @@ GIF_FRAMES = 50  # about this many frames in a progress GIF, whatever the iterat
 
 def gif_frame_every(params: StyleParams) -> int:
     """The frame interval of a progress GIF when the user asked for one without choosing it."""
-    return params.frame_every or max(1, params.iterations * params.scales // GIF_FRAMES)
+    return params.frame_every or max(1, params.total_iterations // GIF_FRAMES)
 
 
 def loss_log_text(history: Sequence[LossRecord], notes: Mapping[int, str] = {}) -> str:
