@@ -35,6 +35,7 @@ from ..util.errors import NstBatchError, disk_full
 from ..util.imagefile import read_image
 from .checkpoint import checkpoint_due, frame_bytes, load_checkpoint, save_checkpoint
 from .folders import Folders
+from .halt import cancelled
 from .inbox import LIBRARY_PREFIX
 from .store import JobRecord, RunRecord, Store
 
@@ -51,6 +52,7 @@ class Ending(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     NO_SPACE = "no_space"  # a full disk: not the run's fault
     UNUSABLE = "unusable"  # a result that is no picture (black, flat, unchanged)
+    CANCELLED = "cancelled"  # `nst-batch cancel`: stopped, no checkpoint kept
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Runner:
     ) -> "_Seat":
         """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
         seat = _Seat(job, run, run.params, logger.bind(job=job.label))
+        seat.cancelled = lambda: cancelled(stop, run.id)
         try:
             seat.content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
@@ -214,6 +217,9 @@ class Runner:
 
     def _finish(self, seat: "_Seat", result: Result) -> Outcome:
         run, params, log = seat.run, seat.params, seat.log
+        if result.interrupted and seat.cancelled():
+            log.info(f"{run.label}: cancelled at iteration {result.state.iteration}; no checkpoint kept")
+            return Outcome(Ending.CANCELLED)
         if result.interrupted:
             checkpoint = self.folders.checkpoint(run.id)
             saved = save_checkpoint(checkpoint, result.state, seat.frames, params, log)
@@ -249,7 +255,8 @@ class Runner:
             if progress.frame is not None:
                 frames.append(frame_bytes(progress.frame))
             since_saved = progress.iteration - saved_at
-            if checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s()):
+            due = checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s())
+            if due and not seat.cancelled():
                 began = time.monotonic()
                 save_checkpoint(checkpoint, progress.snapshot(), frames, params, log)
                 saving.spent_s += time.monotonic() - began
@@ -278,6 +285,7 @@ class _Seat:
     member: Member | None = None
     frames: list[torch.Tensor] = field(default_factory=list)  # the progress GIF's, as bytes
     outcome: Outcome | None = None
+    cancelled: Callable[[], bool] = lambda: False  # `nst-batch cancel` of this run
 
 
 @dataclass

@@ -16,6 +16,7 @@ from ..results.report import JobStatus
 from ..settings import tuning
 from ..settings.config import Config
 from .capacity import Capacity
+from .control import Controller
 from .dispatch import Dispatcher
 from .finishing import Finisher
 from .folders import Folders
@@ -49,8 +50,10 @@ class Service:
         self.publisher = Publisher(config, self.folders, self.runner.device)
         self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
         self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
+        self.control = Controller(self.store, self.folders, self.workers, self.finisher, self.watcher.wake.set)
         self.dispatcher = Dispatcher(
-            self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts
+            self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts,
+            paused=lambda: self.control.paused,
         )
         self._intake_thread: threading.Thread | None = None
         self._intake_started = 0.0
@@ -70,6 +73,7 @@ class Service:
         try:
             self._start()
             while not self.stop.is_set():
+                self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
                 for work in self.workers.finished():
                     self.finisher.settle(work)
                 if not self.dispatcher.dispatch() and not self.workers.busy:
@@ -105,6 +109,7 @@ class Service:
         self.publisher.start()
         self._publisher_started = time.monotonic()
         self.finisher.finish_active()
+        self.control.tick()  # a pause survives a restart: known before anything could start
         self.publisher.rebuild_gallery()
         # Watching before READY: a file written from then on is seen being written, so a copy
         # that stalls half way is never taken for a finished one.
@@ -203,7 +208,8 @@ class Service:
         self.finisher.rebuild_gallery_if_stale()
         counts = self.store.counts()
         queued, done, failed = (counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED))
-        notify(f"STATUS=idle; {queued} queued, {done} done, {failed} failed")
+        paused = "paused; " if self.control.paused else ""
+        notify(f"STATUS={paused}idle; {queued} queued, {done} done, {failed} failed")
         self._heartbeat()
         self.work.wait(1.0)
         self.work.clear()

@@ -18,6 +18,7 @@ import torch
 from loguru import logger
 
 from .folders import Folders
+from .halt import Halt
 from .measure import PeakMeter
 from .publisher import Publisher
 from .runner import Ending, Outcome, Runner
@@ -36,6 +37,7 @@ class Work:
     thread: threading.Thread | None = field(default=None, repr=False)
     left_device: threading.Event = field(default_factory=threading.Event, repr=False)  # its results handed on
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
+    halt: Halt | None = field(default=None, repr=False)  # set by start(): the daemon's stop, a pause --now, a cancel
 
     @property
     def on_device(self) -> bool:
@@ -70,6 +72,7 @@ class Workers:
         return bool(self._works)
 
     def start(self, work: Work) -> None:
+        work.halt = Halt(self.stop)
         active = self.active
         for other in active:
             other.shared = True
@@ -101,7 +104,7 @@ class Workers:
         writes = self.publisher.writes_begun
         try:
             with PeakMeter(self.runner.device, enabled=not work.shared) as meter, _own_stream(self.runner.device):
-                outcomes = self.runner.run_batch(work.runs, self.stop, store)
+                outcomes = self.runner.run_batch(work.runs, work.halt, store)
             work.peak_bytes = meter.peak_bytes
             if self.runner.device.type == "cpu" and (not quiet or self.publisher.writes_begun != writes):
                 work.shared = True
