@@ -21,6 +21,8 @@ from .dispatch import Dispatcher
 from .finishing import Finisher
 from .folders import Folders
 from .intake import Intake
+from .notices import Notices
+from .notifier import Notifier
 from .publisher import Publisher
 from .runner import Runner
 from .store import Store
@@ -50,6 +52,8 @@ class Service:
         self.publisher = Publisher(config, self.folders, self.runner.device)
         self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
         self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
+        self.notifier = Notifier(config.notify)  # reads notify.urls_file: a bad one stops the start here
+        self.notices = Notices(self.store, self.notifier, self.folders.outbox)
         self.control = Controller(self.store, self.folders, self.workers, self.finisher, self.watcher.wake.set)
         self.dispatcher = Dispatcher(
             self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts,
@@ -76,7 +80,9 @@ class Service:
                 self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
                 for work in self.workers.finished():
                     self.finisher.settle(work)
-                if not self.dispatcher.dispatch() and not self.workers.busy:
+                idle = not self.dispatcher.dispatch() and not self.workers.busy
+                self.notices.tick(idle)  # a job failed or done; the queue drained
+                if idle:
                     self._idle()
                 else:
                     self._heartbeat()
@@ -108,6 +114,7 @@ class Service:
         gc.freeze()
         self.publisher.start()
         self._publisher_started = time.monotonic()
+        self.notifier.start()
         self.finisher.finish_active()
         self.control.tick()  # a pause survives a restart: known before anything could start
         self.publisher.rebuild_gallery()
@@ -125,6 +132,8 @@ class Service:
         for work in self.workers.finished():
             self.finisher.settle(work)
         self.publisher.stop()  # after what the last runs finished is published
+        self.notices.tick(idle=False)  # what ended last is told, without waiting long for a receiver
+        self.notifier.stop()
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
 

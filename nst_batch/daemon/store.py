@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done
 CREATE INDEX IF NOT EXISTS requests_pending ON requests(handled);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_by_updated ON jobs(updated);  -- jobs ended since: notifications, metrics  -- the intake looks for claiming jobs every tick
 """
 
 
@@ -348,14 +349,21 @@ class Store:
     # --- control: pause, priority, cancel, retry ----------------------------------------------
 
     def pause(self) -> Pause:
-        row = self.db.execute("SELECT value FROM control WHERE key='pause'").fetchone()
-        return Pause(row["value"]) if row is not None and row["value"] in Pause._value2member_map_ else Pause.OFF
+        value = self.control("pause")
+        return Pause(value) if value in Pause._value2member_map_ else Pause.OFF
 
     def set_pause(self, pause: Pause) -> None:
+        self.set_control("pause", pause.value)
+
+    def control(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM control WHERE key=?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
+    def set_control(self, key: str, value: str) -> None:
         self.db.execute(
-            "INSERT INTO control (key, value, updated) VALUES ('pause', ?, ?) "
+            "INSERT INTO control (key, value, updated) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
-            (pause.value, time.time()),
+            (key, value, time.time()),
         )
 
     def set_priority(self, job_id: int, priority: int) -> None:
@@ -521,6 +529,25 @@ class Store:
     def recent_failures(self, limit: int = 5, status: JobStatus = JobStatus.FAILED) -> list[JobRecord]:
         rows = self.db.execute("SELECT * FROM jobs WHERE status=? ORDER BY updated DESC LIMIT ?", (status, limit))
         return [_job(r) for r in rows]
+
+    def ended_since(self, since: float) -> list[JobRecord]:
+        """Jobs that ended (done, failed, cancelled) after ``since`` (epoch seconds), in that order."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE updated > ? AND status IN (?, ?, ?) ORDER BY updated, id",
+            (since, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED),
+        )
+        return [_job(r) for r in rows]
+
+    def compute_seconds(self, job_ids: Iterable[int]) -> float:
+        """The runs' computing time of these jobs."""
+        ids = list(job_ids)
+        total = 0.0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = self.db.execute(f"SELECT SUM(seconds) AS s FROM runs WHERE job_id IN ({marks})", chunk).fetchone()
+            total += row["s"] or 0.0
+        return total
 
     def queued_jobs(self, limit: int | None = None) -> list[tuple[JobRecord, int]]:
         """Jobs waiting or running, in queue order, each with how many of its runs are left."""
