@@ -21,6 +21,7 @@ from .dispatch import Dispatcher
 from .finishing import Finisher
 from .folders import Folders
 from .intake import Intake
+from .metrics import Metrics
 from .notices import Notices
 from .notifier import Notifier
 from .publisher import Publisher
@@ -54,6 +55,7 @@ class Service:
         self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
         self.notifier = Notifier(config.notify)  # reads notify.urls_file: a bad one stops the start here
         self.notices = Notices(self.store, self.notifier, self.folders.outbox)
+        self.metrics = Metrics(config.metrics, self.store, lambda: self.capacity.budget, lambda: self.notifier.failures)
         self.control = Controller(self.store, self.folders, self.workers, self.finisher, self.watcher.wake.set)
         self.dispatcher = Dispatcher(
             self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts,
@@ -80,8 +82,10 @@ class Service:
                 self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
                 for work in self.workers.finished():
                     self.finisher.settle(work)
+                    self.metrics.settled(work)
                 idle = not self.dispatcher.dispatch() and not self.workers.busy
                 self.notices.tick(idle)  # a job failed or done; the queue drained
+                self.metrics.tick(self.workers.active)  # every metrics.every_seconds
                 if idle:
                     self._idle()
                 else:
@@ -115,6 +119,7 @@ class Service:
         self.publisher.start()
         self._publisher_started = time.monotonic()
         self.notifier.start()
+        self.metrics.start()
         self.finisher.finish_active()
         self.control.tick()  # a pause survives a restart: known before anything could start
         self.publisher.rebuild_gallery()
@@ -134,6 +139,7 @@ class Service:
         self.publisher.stop()  # after what the last runs finished is published
         self.notices.tick(idle=False)  # what ended last is told, without waiting long for a receiver
         self.notifier.stop()
+        self.metrics.stop()
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
 

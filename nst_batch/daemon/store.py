@@ -530,6 +530,15 @@ class Store:
         rows = self.db.execute("SELECT * FROM jobs WHERE status=? ORDER BY updated DESC LIMIT ?", (status, limit))
         return [_job(r) for r in rows]
 
+    def oldest_waiting(self) -> float | None:
+        """When the oldest job still waiting for a run to start was created (epoch seconds)."""
+        row = self.db.execute(
+            "SELECT MIN(jobs.created) AS t FROM jobs JOIN runs ON runs.job_id = jobs.id "
+            "WHERE runs.status=? AND jobs.status IN (?, ?)",
+            (RunStatus.QUEUED, *ACTIVE_JOBS),
+        ).fetchone()
+        return row["t"]
+
     def ended_since(self, since: float) -> list[JobRecord]:
         """Jobs that ended (done, failed, cancelled) after ``since`` (epoch seconds), in that order."""
         rows = self.db.execute(

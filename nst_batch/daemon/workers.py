@@ -34,6 +34,7 @@ class Work:
     shared: bool = False  # other work was on the device at some point: its peak says little
     outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
+    repairs: int = 0  # of its runs' optimizations (rising, non-finite or stalled losses), for the metrics
     thread: threading.Thread | None = field(default=None, repr=False)
     left_device: threading.Event = field(default_factory=threading.Event, repr=False)  # its results handed on
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
@@ -114,6 +115,7 @@ class Workers:
             outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
+        work.repairs = sum(len(o.unwritten.run.result.repairs) for o in outcomes if o.unwritten is not None)
         to_write = any(outcome.unwritten is not None for outcome in outcomes)
         if to_write:
             self.publisher.write(outcomes, then=lambda written: self._end(work, written))
