@@ -179,6 +179,15 @@ def test_cancel_stops_a_running_job_within_2_s_and_a_failed_job_is_retried_with_
     daemon.wait(lambda: any(r["iteration"] >= 10 for r in runs_of(daemon, "long")), 90, "long to pass iteration 10")
     [run] = runs_of(daemon, "long")
     assert (daemon.state / "checkpoints" / f"run-{run['id']}.pt").exists()  # it had checkpoints
+
+    # A look at it meanwhile: its preview, linked from the gallery's "running" section and from status.
+    preview = daemon.outbox / ".running" / f"run-{run['id']}.jpg"
+    daemon.wait(lambda: preview.exists(), 30, "the running run's preview")
+    assert [r["preview"] for r in daemon.status_cli()["running"]] == [str(preview)]
+    daemon.wait(lambda: f".running/run-{run['id']}.jpg" in (daemon.outbox / "index.html").read_text(), 10,
+                "the gallery's running section")
+    assert "Running (1)" in (daemon.outbox / "index.html").read_text()
+
     status, out, _ = cli(daemon, capsys, "cancel", "long")
     assert status == 0 and "long: cancelled, its running run stops now" in out
     daemon.wait(lambda: daemon.job_status("long") == "cancelled", 10, "long to be cancelled")
@@ -193,6 +202,7 @@ def test_cancel_stops_a_running_job_within_2_s_and_a_failed_job_is_retried_with_
     assert not (daemon.outbox / "long").exists() and not list((daemon.outbox / ".staging").iterdir())
     assert not list((daemon.state / "checkpoints").iterdir())
     assert not (daemon.state / "jobs" / str(run["job_id"])).exists()
+    assert not preview.exists()  # the preview went with the run
 
     status, out, _ = cli(daemon, capsys, "retry", "bad", "--param", "iterations=3")
     assert status == 0 and "bad: queued again from failed/bad with iterations=3" in out

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ..daemon.preview import FOLDER as PREVIEWS
+from ..daemon.preview import preview_name
 from ..daemon.store import Pause, Store
 from ..results.report import JobStatus
 from ..settings.config import Config
@@ -46,6 +48,7 @@ def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str,
                 "loss": run.loss,
                 "elapsed_seconds": round(seconds, 1) if seconds is not None else None,
                 "eta_seconds": round(per_iteration * remaining, 1) if per_iteration else None,
+                "preview": str(preview) if (preview := config.outbox / PREVIEWS / preview_name(run.id)).exists() else None,
             })
         jobs = {status: 0 for status in STATUSES} | store.counts()
         waiting = store.queued_jobs(None if queued_limit is None else queued_limit + 1)

@@ -40,6 +40,8 @@ from ..results.result import write_run
 from ..settings.config import Config
 from .claims import dispose_cancelled, dispose_failure, dispose_success
 from .folders import Folders
+from .preview import FOLDER as PREVIEWS
+from .preview import preview_name
 from .runner import Ending, Outcome, failure_outcome, no_space
 from .store import JobRecord, Pause, RunRecord, Store
 
@@ -271,6 +273,17 @@ class Publisher:
             store.set_job_status(job.id, JobStatus.DONE)
         self._want_gallery()
 
+    def _running(self, store: Store) -> list[dict]:
+        """The running runs, for the gallery's "running" section, each with its preview if it has one yet."""
+        running = []
+        for run in store.running_runs():
+            preview = f"{PREVIEWS}/{preview_name(run.id)}"
+            running.append({
+                "run_id": run.id, "job": store.job(run.job_id).name, "label": run.label, "iteration": run.iteration,
+                "total": run.total_iterations, "preview": preview if (self.folders.outbox / preview).exists() else None,
+            })
+        return running
+
     def _keep_log(self, job_id: int) -> None:
         """No result to publish: the job's log goes with its inputs (to failed/), not away."""
         log = self.folders.staging_dir(job_id) / "log.txt"
@@ -300,7 +313,8 @@ class Publisher:
             pause = store.pause()
             paused = None if pause == Pause.OFF else PAUSE_TEXT[pause]
             gallery.rebuild(
-                self.folders.outbox, gallery.failed_jobs(failures), cancelled=gallery.failed_jobs(cancelled), paused=paused
+                self.folders.outbox, gallery.failed_jobs(failures), cancelled=gallery.failed_jobs(cancelled), paused=paused,
+                running=self._running(store),
             )
             self._gallery_failures = store.counts().get(JobStatus.FAILED, 0)
         except Exception:  # the gallery is a view: never worth stopping the daemon for

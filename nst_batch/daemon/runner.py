@@ -101,10 +101,12 @@ class Runner:
         folders: Folders,
         input_path: Callable[[int, str], Path],
         heartbeat: Callable[[], None] = lambda: None,
+        preview: Callable[[int, Callable[[], torch.Tensor]], bool] | None = None,
     ):
         self.config, self.folders = config, folders
         self.input_path = input_path
         self.heartbeat = heartbeat
+        self.preview = preview  # offered the current image after each iteration (``preview.Previews.offer``)
         self.device = resolve_device(config.device)
         self._cpu_bf16 = tuning.cpu_has_bf16()
         self._networks: dict[str, tuple[Network, WeightsInfo]] = {}
@@ -266,6 +268,8 @@ class Runner:
                 last_report = now
                 store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
                 self.heartbeat()
+            if self.preview is not None:  # the image only (no optimizer state), and only when one is due
+                self.preview(run.id, lambda: progress.snapshot(with_optimizer=False).image)
             return stop.is_set()
 
         return on_progress

@@ -24,12 +24,13 @@ from .intake import Intake
 from .metrics import Metrics
 from .notices import Notices
 from .notifier import Notifier
+from .preview import Previews
 from .publisher import Publisher
 from .runner import Runner
 from .store import Store
 from .systemd import notify
 from .watcher import InboxWatcher
-from .workers import Workers
+from .workers import Work, Workers
 
 BUSY_POLL_S = 0.5
 INTAKE_RESTART_S = 5.0  # a dead intake or publisher thread is restarted at most this often
@@ -48,7 +49,8 @@ class Service:
         self.work = threading.Event()  # set when something was queued or finished
         self.store = Store(self.folders.state)
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
-        self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat)
+        self.previews = Previews(self.folders.outbox, written=lambda: self.publisher.rebuild_gallery())
+        self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat, self.previews.offer)
         self.capacity = Capacity(config, self.runner.device)
         self.publisher = Publisher(config, self.folders, self.runner.device)
         self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
@@ -81,8 +83,7 @@ class Service:
             while not self.stop.is_set():
                 self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
                 for work in self.workers.finished():
-                    self.finisher.settle(work)
-                    self.metrics.settled(work)
+                    self._settle(work)
                 idle = not self.dispatcher.dispatch() and not self.workers.busy
                 self.notices.tick(idle)  # a job failed or done; the queue drained
                 self.metrics.tick(self.workers.active)  # every metrics.every_seconds
@@ -98,6 +99,12 @@ class Service:
                 signal.signal(signum, handler)
             gc.unfreeze()
         return 0
+
+    def _settle(self, work: Work) -> None:
+        self.finisher.settle(work)
+        self.metrics.settled(work)
+        if [run for _, run in work.runs if self.previews.remove(run.id)]:
+            self.publisher.rebuild_gallery()  # its "running" section shows no preview that has gone
 
     def _start(self) -> None:
         requeued = self.store.requeue_interrupted()
@@ -120,6 +127,7 @@ class Service:
         self._publisher_started = time.monotonic()
         self.notifier.start()
         self.metrics.start()
+        self.previews.start()
         self.finisher.finish_active()
         self.control.tick()  # a pause survives a restart: known before anything could start
         self.publisher.rebuild_gallery()
@@ -135,7 +143,8 @@ class Service:
         notify("STOPPING=1")
         self.workers.join()  # each running run sees the stop, checkpoints and returns; results are written
         for work in self.workers.finished():
-            self.finisher.settle(work)
+            self._settle(work)
+        self.previews.stop()
         self.publisher.stop()  # after what the last runs finished is published
         self.notices.tick(idle=False)  # what ended last is told, without waiting long for a receiver
         self.notifier.stop()

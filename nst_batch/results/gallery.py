@@ -73,6 +73,7 @@ def rebuild(
     thumbnail_budget_s: float | None = THUMBNAIL_BUDGET_S,
     cancelled: Sequence[Mapping[str, Any]] = (),
     paused: str | None = None,
+    running: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write ``outbox/index.html`` (and ``index-2.html``...) from every published job.json.
 
@@ -86,14 +87,16 @@ def rebuild(
     which feeds the watchdog) for long.
 
     ``cancelled``: cancelled jobs, as ``failed``. ``paused``: why no run starts
-    (`nst-batch pause`), shown at the top; None when runs start.
+    (`nst-batch pause`), shown at the top; None when runs start. ``running``: the running runs,
+    as dicts with ``run_id``, ``job``, ``label``, ``iteration``, ``total`` and ``preview`` (an
+    outbox-relative path of its latest preview JPEG, or None).
     """
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
     now = time.time() if now is None else now
     deadline = None if thumbnail_budget_s is None else time.monotonic() + thumbnail_budget_s
     jobs = [ensure_thumbnails(outbox, job, deadline) for job in collect(outbox)]
-    pages = render_pages(jobs, failed, page_size, now, cancelled, paused)
+    pages = render_pages(jobs, failed, page_size, now, cancelled, paused, running)
     for number in range(len(pages), 0, -1):  # the first page last: its links lead to pages already there
         atomic_write(outbox / page_name(number), pages[number - 1])
     for stale in outbox.glob("index-*.html"):
@@ -168,7 +171,7 @@ def page_name(number: int) -> str:
 
 def render_pages(
     jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_size: int, now: float,
-    cancelled: Sequence[Mapping[str, Any]] = (), paused: str | None = None,
+    cancelled: Sequence[Mapping[str, Any]] = (), paused: str | None = None, running: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
     published_ids = {job.report.id for job in jobs if job.report.id is not None}
     unpublished = [f for f in failed if f.get("id") is None or f.get("id") not in published_ids]
@@ -181,6 +184,7 @@ def render_pages(
         if paused:
             body.append(f'<p class="paused"><b>Paused</b>: {_esc(paused)}. `nst-batch resume` goes on.</p>')
         if number == 1:
+            body.append(_running(running))
             body.append(_failures(unpublished))
             body.append(_cancelled(cancelled))
         elif unpublished:
@@ -236,6 +240,29 @@ def _failures(failed: Sequence[Mapping[str, Any]]) -> str:
         f'<section id="failed" class="failed"><h2>Failed ({len(failed)})</h2><p class="note">Their inputs and error.txt '
         f'are in the state folder\'s failed/NAME/.</p><table><thead><tr><th>when</th><th>job</th><th>reason</th></tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table></section>'
+    )
+
+
+def _running(running: Sequence[Mapping[str, Any]]) -> str:
+    """The runs in progress, each with a preview of where it is: a look, not a result."""
+    if not running:
+        return ""
+    cards = []
+    for r in running:
+        total = r.get("total") or 0
+        progress = f"iteration {r.get('iteration', 0)}" + (f" of {total}" if total else "")
+        preview = r.get("preview")
+        picture = (
+            f'<img src="{_href(*str(preview).split("/"))}" alt="preview of {_esc(r.get("label"))}">'
+            if preview else '<div class="thumb missing">no preview yet</div>'
+        )
+        cards.append(
+            f'<figure class="preview">{picture}<figcaption><b>{_esc(r.get("job"))}</b> {_esc(r.get("label"))}'
+            f' (run-{_esc(r.get("run_id"))}): {_esc(progress)}; preview, not a result</figcaption></figure>'
+        )
+    return (
+        f'<section id="running" class="running"><h2>Running ({len(running)})</h2><p class="note">Where each run is now; '
+        f'the previews are refreshed at most every 30 s and go when the run ends.</p>{"".join(cards)}</section>'
     )
 
 
@@ -408,6 +435,8 @@ a { color: #0b57d0; } .note, .generated, .facts, footer { color: var(--muted); }
 .summary ul { list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 8px 20px; }
 .summary b { font-size: 20px; } .ok b { color: var(--ok); } .bad, .bad b { color: var(--bad); } .warn, .warn b { color: var(--warn); }
 header { display: flex; flex-wrap: wrap; gap: 8px 48px; align-items: baseline; margin-bottom: 12px; }
+.running figure.preview { display: inline-block; margin: 0 12px 12px 0; max-width: 260px; vertical-align: top; }
+.running figure.preview img { max-width: 256px; max-height: 256px; display: block; }
 .paused { background: #fff4d6; border: 1px solid #e0b040; padding: 6px 10px; }
 .failed table { border-collapse: collapse; width: 100%; background: #fff; } .failed { margin: 12px 0; }
 .failed td, .failed th { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
