@@ -10,6 +10,7 @@ from ..settings.config import Config
 from ..util.atomicio import is_temp_name
 from ..util.errors import InputError
 from .inbox import LIBRARY_PREFIX
+from .preview import FOLDER as PREVIEWS
 
 
 class Folders:
@@ -50,7 +51,8 @@ class Folders:
         removed = 0
         job_folders = _subfolders(self.jobs)
         in_jobs = [*job_folders, *(sub for folder in job_folders for sub in _subfolders(folder))]
-        for folder in (self.checkpoints, *_subfolders(self.staging), *in_jobs):
+        # The outbox itself: the gallery's pages are written there (and previews in .running/).
+        for folder in (self.checkpoints, self.outbox, self.outbox / PREVIEWS, *_subfolders(self.staging), *in_jobs):
             for item in _listing(folder):
                 if is_temp_name(item.name):
                     remove(Path(item.path))

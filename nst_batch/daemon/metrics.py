@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from ..results.report import JobStatus, RunStatus
 from ..settings.config import MetricsConfig
+from ..util.errors import ConfigError
 from .runner import Ending
 from .store import Pause, Store
 from .workers import Work
@@ -69,7 +70,13 @@ class Metrics:
 
     def start(self) -> None:
         if self.config.port is not None:
-            self._server, _ = start_http_server(self.config.port, addr="127.0.0.1", registry=self.registry)
+            try:
+                self._server, _ = start_http_server(self.config.port, addr="127.0.0.1", registry=self.registry)
+            except OSError as error:  # in use, or no network (the default unit): the config's to change
+                raise ConfigError(
+                    f"metrics.port {self.config.port}: cannot listen on 127.0.0.1: {error.strerror or error} "
+                    "(another program has the port, or the systemd unit has no network: see systemd/README.md)"
+                ) from None
             logger.info(f"metrics on http://127.0.0.1:{self.config.port}/metrics")
         self.tick(force=True)
 

@@ -1,5 +1,5 @@
-"""A look at a running run: a JPEG of its current image, at most every ``PREVIEW_EVERY_S`` and at
-most ``PREVIEW_SIDE`` px, in the outbox's hidden ``.running/`` folder (the gallery links it from
+"""A look at a running run: a JPEG of its current image, at most every ``PREVIEW_EVERY_S`` (the
+first once it has run ``PREVIEW_FIRST_S``) and at most ``PREVIEW_SIDE`` px, in the outbox's hidden ``.running/`` folder (the gallery links it from
 its "running" section; it never collects a hidden folder as a job), removed when the run ends.
 
 The run's thread only copies its image and hands it on (well under the 20 ms a run may spend per
@@ -22,6 +22,7 @@ from PIL import Image
 from ..util.atomicio import atomic_path
 
 PREVIEW_EVERY_S = 30.0
+PREVIEW_FIRST_S = 2.0  # a run's first preview, once it has run this long: a shorter run needs none
 PREVIEW_SIDE = 512
 PREVIEW_QUALITY = 80
 FOLDER = ".running"
@@ -41,10 +42,13 @@ def preview_size(width: int, height: int, side: int = PREVIEW_SIDE) -> tuple[int
 class Previews:
     """Offered an image by each running run's progress; writes a preview when one is due."""
 
-    def __init__(self, outbox: Path, written: Callable[[], None] = lambda: None, every_s: float = PREVIEW_EVERY_S):
+    def __init__(
+        self, outbox: Path, written: Callable[[], None] = lambda: None, every_s: float = PREVIEW_EVERY_S,
+        first_s: float = PREVIEW_FIRST_S,
+    ):
         self.folder = outbox / FOLDER
         self.written = written  # the gallery, to show it
-        self.every_s = every_s
+        self.every_s, self.first_s = every_s, first_s
         self._last: dict[int, float] = {}  # run id -> when its last preview was taken (monotonic)
         self._live: set[int] = set()
         self._lock = threading.Lock()
@@ -73,7 +77,11 @@ class Previews:
         """On the run's thread, after an iteration: take ``image()`` (a copy of the current image, on
         the CPU) if a preview is due; whether one was taken."""
         now = time.monotonic()
-        if now - self._last.get(run_id, -float("inf")) < self.every_s:
+        last = self._last.get(run_id)
+        if last is None:  # its first iteration (here): the first preview is due first_s from now
+            self._last[run_id] = now - self.every_s + self.first_s
+            return False
+        if now - last < self.every_s:
             return False
         self._last[run_id] = now
         with self._lock:

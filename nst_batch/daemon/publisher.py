@@ -301,6 +301,12 @@ class Publisher:
         self._gallery_due = time.monotonic()
         self._tasks.put(lambda store: None)  # wakes the thread
 
+    def preview_changed(self) -> None:
+        """A running run's preview was written or removed (any thread): the gallery's running
+        section is rebuilt, at most every GALLERY_EVERY_S."""
+        self._want_gallery()
+        self._tasks.put(lambda store: None)  # wakes the thread, which may be waiting for a task
+
     def _want_gallery(self) -> None:
         if self._gallery_due is None:
             self._gallery_due = max(time.monotonic(), self._gallery_built + GALLERY_EVERY_S)

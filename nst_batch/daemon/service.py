@@ -49,7 +49,7 @@ class Service:
         self.work = threading.Event()  # set when something was queued or finished
         self.store = Store(self.folders.state)
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
-        self.previews = Previews(self.folders.outbox, written=lambda: self.publisher.rebuild_gallery())
+        self.previews = Previews(self.folders.outbox, written=lambda: self.publisher.preview_changed())
         self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat, self.previews.offer)
         self.capacity = Capacity(config, self.runner.device)
         self.publisher = Publisher(config, self.folders, self.runner.device)
@@ -104,7 +104,7 @@ class Service:
         self.finisher.settle(work)
         self.metrics.settled(work)
         if [run for _, run in work.runs if self.previews.remove(run.id)]:
-            self.publisher.rebuild_gallery()  # its "running" section shows no preview that has gone
+            self.publisher.preview_changed()  # its "running" section shows no preview that has gone
 
     def _start(self) -> None:
         requeued = self.store.requeue_interrupted()

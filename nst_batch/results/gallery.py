@@ -311,6 +311,9 @@ def _card(job: Job, eager: bool) -> str:
     badges = []
     if failed:
         badges.append(f'<span class="badge bad">{len(failed)} of {len(results)} failed</span>')
+    cancelled = [r for r in results if r.status == RunStatus.CANCELLED]
+    if cancelled:
+        badges.append(f'<span class="badge warn">{len(cancelled)} of {len(results)} cancelled</span>')
     if any(r.pretrained_weights is False for r in results):
         badges.append('<span class="badge warn">random weights</span>')
     facts = [f"finished {_when(job.finished)}", f"took {format_duration(_job_seconds(job))}"]
