@@ -13,7 +13,9 @@ from nst_batch.settings.check import validate_file
 from nst_batch.settings.config import (
     Config,
     LogConfig,
+    MetricsConfig,
     ModelConfig,
+    NotifyConfig,
     PerformanceConfig,
     SchedulerConfig,
     load_config,
@@ -57,14 +59,17 @@ def test_example_is_valid_and_shows_the_defaults() -> None:
     assert config == Config.model_validate({}, context={"base_dir": EXAMPLE.parent})
 
 
-@pytest.mark.parametrize("model", [Config, ModelConfig, SchedulerConfig, PerformanceConfig, LogConfig, StyleParams])
+@pytest.mark.parametrize(
+    "model", [Config, ModelConfig, SchedulerConfig, PerformanceConfig, LogConfig, NotifyConfig, MetricsConfig, StyleParams]
+)
 def test_example_documents_every_field(model: type[BaseModel]) -> None:
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     for name in model.model_fields:
         at = [i for i, line in enumerate(lines) if re.match(rf"\s*{name}:", line)]
         assert at, f"config.example.yaml does not show {model.__name__}.{name}"
         commented = "#" in lines[at[0]] or lines[at[0] - 1].strip().startswith("#")
-        is_section = issubclass(model, Config) and name in ("model", "scheduler", "performance", "log", "defaults")
+        sections = ("model", "scheduler", "performance", "log", "notify", "metrics", "defaults")
+        is_section = issubclass(model, Config) and name in sections
         assert commented or is_section, f"config.example.yaml does not explain {model.__name__}.{name}"
 
 

@@ -156,9 +156,10 @@ def test_kill_9_at_any_moment_loses_nothing_and_doubles_nothing(daemon_factory) 
     assert len(daemon.query("SELECT id FROM runs")) == 22
 
     # The outbox: exactly one complete folder per job, nothing hidden or temporary in it.
-    staging = daemon.outbox / ".staging"
+    staging, previews = daemon.outbox / ".staging", daemon.outbox / ".running"
     assert list(staging.iterdir()) == []
-    folders = {p.name: p for p in daemon.outbox.iterdir() if p.is_dir() and p != staging}
+    assert list(previews.iterdir()) == []  # every run ended: no preview of a running run stays
+    folders = {p.name: p for p in daemon.outbox.iterdir() if p.is_dir() and p not in (staging, previews)}
     assert sorted(folders) == sorted(JOBS)
     assert sorted(p.name for p in daemon.outbox.iterdir() if not p.is_dir()) == ["index.html"]  # the gallery
     ids = {j["name"]: j["id"] for j in jobs}
@@ -279,7 +280,8 @@ def test_a_full_disk_is_not_done_corrupts_nothing_and_is_retried_when_space_retu
         wait_for(lambda: len(refused) >= 3, 60, f"writes of {where} to be refused", lambda: "\n".join(lines))
         # Not done, nothing visible in the outbox, and the failures cost no attempt.
         assert job()["status"] in ("queued", "running")
-        assert [p.name for p in outbox.iterdir() if p.is_dir()] == [".staging"]  # no result folder yet
+        # no result folder yet (.running: the hidden preview of the run in progress, never a result)
+        assert sorted(p.name for p in outbox.iterdir() if p.is_dir()) == [".running", ".staging"]
         assert query(state, "SELECT attempts FROM runs")[0]["attempts"] <= 1
         assert any("No space left on device" in line and "trying again" in line for line in lines)
         full.clear()

@@ -348,3 +348,18 @@ def test_a_results_repairs_are_shown_with_it(outbox):
     (folder / "job.json").write_text(json.dumps(record))
     page = gallery.rebuild(outbox, [], now=NOW).read_text()
     assert "repair at iteration 6 (scale 1): blow-up" in page
+
+
+def test_the_first_page_shows_the_running_runs_previews_the_cancelled_jobs_and_a_pause(tmp_path):
+    running = [
+        {"run_id": 12, "job": "cat", "label": "cat", "iteration": 40, "total": 300, "preview": ".running/run-12.jpg"},
+        {"run_id": 13, "job": "dog", "label": "dog", "iteration": 0, "total": 300, "preview": None},
+    ]
+    cancelled = [{"id": 7, "name": "<owl>", "error": None, "when": 0.0}]
+    [page] = gallery.render_pages([], [], 100, time.time(), cancelled, "no new run starts", running)
+    assert "Running (2)" in page and 'src=".running/run-12.jpg"' in page and "no preview yet" in page
+    assert "iteration 40 of 300; preview, not a result" in page
+    assert "Cancelled (1)" in page and "&lt;owl&gt;" in page and "job-7" in page
+    assert "<b>Paused</b>: no new run starts" in page
+    [quiet] = gallery.render_pages([], [], 100, time.time())
+    assert "Running" not in quiet and "Cancelled" not in quiet and "Paused" not in quiet

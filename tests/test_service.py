@@ -183,7 +183,7 @@ class WritingRunner(FakeRunner):
         outcomes = []
         for job, run in runs:
             self.started.append(run.label)
-            fake = SimpleNamespace(job=job.label, label=run.label, result=SimpleNamespace(history=[LossRecord(1, 1.0, 1.0, 0.0, 2.0, 0.1)]))
+            fake = SimpleNamespace(job=job.label, label=run.label, result=SimpleNamespace(history=[LossRecord(1, 1.0, 1.0, 0.0, 2.0, 0.1)], repairs=[]))
             outcomes.append(Outcome(Ending.DONE, iterations=1, unwritten=Unwritten(Path("unused"), fake)))
         return outcomes
 

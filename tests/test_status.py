@@ -68,13 +68,16 @@ def test_plain_table_when_piped(busy):
     assert not ANSI.search(text)
     lines = text.splitlines()
     assert lines[0].split() == ["jobs", "queued", "1", "running", "1", "done", "0", "failed", "1"]
-    [row] = [line for line in lines if line.startswith("job-1 cat")]
+    [row] = [line for line in lines if line.startswith("run-1  job-1 cat")]
     assert "iteration 120/300 (40%)" in row and "1235" in row and re.search(r"\b1 min 3\d s\b", row)
     header = lines[lines.index(row) - 1]
-    assert header.split() == ["JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA"]
+    assert header.split() == ["RUN", "JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA"]
     assert header.index("PROGRESS") == row.index("iteration")  # columns line up
     [failure] = [line for line in lines if line.startswith("job-3")]
     assert "typo" in failure and "unknown key 'iteratons'" in failure and "second line" not in text
+    waiting = lines[lines.index("WAITING") + 1 :]
+    assert waiting[0].split() == ["JOB", "NAME", "PRIORITY", "RUNS", "LEFT"]
+    assert [line.split()[:2] for line in waiting[1:3]] == [["job-1", "cat"], ["job-2", "queued"]]
 
 
 def test_on_a_terminal_colours_and_lines_cut_to_its_width(busy, monkeypatch):

@@ -342,3 +342,29 @@ def test_systemd_analyze_security_exposure(tmp_path):
     overall = re.search(r"Overall exposure level for nst-batch.service: (\d+\.\d)", result.stdout)
     assert overall, result.stdout + result.stderr
     assert result.returncode == 0 and float(overall.group(1)) <= 1.0, f"exposure {overall.group(1)} > 1.0:\n{result.stdout}"
+
+
+NETWORK_DROP_IN = ROOT / "systemd" / "nst-batch-network.conf"
+
+
+def test_the_network_drop_in_opens_the_network_and_nothing_else():
+    """Notifications and the metrics port need IP sockets; the rest of the sandbox stays as it is."""
+    settings = [line for line in NETWORK_DROP_IN.read_text().splitlines() if line and not line.startswith(("#", "["))]
+    assert settings == ["PrivateNetwork=no", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "IPAddressDeny="]
+    assert "PrivateNetwork=yes" in SYSTEM_UNIT.read_text()  # the default unit is not weakened
+
+
+@needs_analyze
+def test_systemd_analyze_security_exposure_with_the_network_drop_in(tmp_path):
+    units = tmp_path / "root" / "etc/systemd/system"
+    (units / "nst-batch.service.d").mkdir(parents=True)
+    shutil.copy(SYSTEM_UNIT, units / "nst-batch.service")
+    figures = []
+    for drop_in in (False, True):
+        if drop_in:
+            shutil.copy(NETWORK_DROP_IN, units / "nst-batch.service.d" / "network.conf")
+        result = analyze("security", "--offline=yes", f"--root={tmp_path / 'root'}", "--threshold=10", "nst-batch.service")
+        overall = re.search(r"Overall exposure level for nst-batch.service: (\d+\.\d)", result.stdout)
+        assert overall, result.stdout + result.stderr
+        figures.append(float(overall.group(1)))
+    assert figures[0] <= 1.0 and figures[0] < figures[1] <= 2.0, figures  # README: 0.7 SAFE, and 1.6 OK networked

@@ -1,4 +1,4 @@
-"""The command line: `nst-batch run | serve | status | estimate | check | fetch-weights`."""
+"""The command line: `nst-batch run | serve | status | pause | resume | cancel | retry | priority | estimate | validate | fetch-weights`."""
 
 from .main import main
 

@@ -2,6 +2,7 @@
 exit status 2; anything else is a bug and keeps its traceback."""
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,13 +26,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(level="DEBUG" if getattr(args, "verbose", False) else "INFO")
     try:
-        return args.handler(args) or 0
+        status = args.handler(args) or 0
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return status
     except NstBatchError as error:
         print(f"nst-batch: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nst-batch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """The reader of our output has gone (``nst-batch status | head -3``): that is how a pipe
+    ends, not an error. What is still buffered goes nowhere, so the interpreter's last flush
+    cannot fail again with a traceback (the recipe of Python's signal documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +83,37 @@ def _parser() -> argparse.ArgumentParser:
         "--watch", nargs="?", const=2.0, type=_positive_seconds, metavar="SECONDS",
         help="refresh every SECONDS (default 2) until Ctrl-C",
     )
+    status.add_argument("--all", action="store_true", help="list every waiting job, not only the first 20")
     status.set_defaults(handler=_status)
+
+    pause = commands.add_parser("pause", help="start no new run; running runs finish (or checkpoint with --now)")
+    pause.add_argument("--now", action="store_true", help="running runs checkpoint and wait too")
+    _add_config_options(pause)
+    pause.set_defaults(handler=_pause)
+
+    resume = commands.add_parser("resume", help="start queued runs again after a pause")
+    _add_config_options(resume)
+    resume.set_defaults(handler=_resume)
+
+    cancel = commands.add_parser("cancel", help="cancel jobs or runs: they stop, their inputs go to cancelled/")
+    cancel.add_argument("targets", nargs="+", metavar="JOB|RUN", help="job-5, 5, a job's name, or run-12 (as status shows them)")
+    _add_config_options(cancel)
+    cancel.set_defaults(handler=_cancel)
+
+    retry = commands.add_parser("retry", help="queue failed or cancelled jobs again, with fresh attempts")
+    retry.add_argument("targets", nargs="+", metavar="JOB", help="job-5, 5 or a job's name (as status shows them)")
+    retry.add_argument(
+        "--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+        help="change an engine parameter of the retried jobs, e.g. --param style_weight=1e5 (over their sidecar)",
+    )
+    _add_config_options(retry)
+    retry.set_defaults(handler=_retry)
+
+    priority = commands.add_parser("priority", help="set a waiting job's priority (higher starts sooner)")
+    priority.add_argument("target", metavar="JOB", help="job-5, 5 or a job's name")
+    priority.add_argument("value", metavar="N", type=_priority, help="the new priority, -1000..1000")
+    _add_config_options(priority)
+    priority.set_defaults(handler=_priority_command)
 
     estimate = commands.add_parser("estimate", help="predicted peak memory and time of a job, or of the queue")
     estimate.add_argument("--content", type=Path, help="the content image")
@@ -174,10 +219,63 @@ def _status(args: argparse.Namespace) -> int:
     from . import status
 
     config = load_config(args.config, args.overrides)
+    limit = None if args.all else status.QUEUED_SHOWN
     if args.watch is not None:
-        return status.watch(lambda: status.gather(config), args.watch, sys.stdout, as_json_text=args.json)
-    print(status.show(status.gather(config), args.json, sys.stdout))
+        return status.watch(lambda: status.gather(config, limit), args.watch, sys.stdout, as_json_text=args.json)
+    print(status.show(status.gather(config, limit), args.json, sys.stdout))
     return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from ..settings.config import load_config
+    from . import control
+
+    print(control.pause(load_config(args.config, args.overrides), args.now))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from ..settings.config import load_config
+    from . import control
+
+    print(control.resume(load_config(args.config, args.overrides)))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from ..settings.config import load_config
+    from . import control
+
+    print("\n".join(control.cancel(load_config(args.config, args.overrides), args.targets)))
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from ..settings.config import load_config
+    from . import control
+
+    config = load_config(args.config, args.overrides)
+    overrides = control.param_overrides(args.params, config.defaults)
+    print("\n".join(control.retry(config, args.targets, overrides)))
+    return 0
+
+
+def _priority_command(args: argparse.Namespace) -> int:
+    from ..settings.config import load_config
+    from . import control
+
+    print(control.priority(load_config(args.config, args.overrides), args.target, args.value))
+    return 0
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not -1000 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text}: give a priority from -1000 to 1000, as in a sidecar")
+    return value
 
 
 def _byte_size(text: str) -> int:

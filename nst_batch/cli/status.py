@@ -11,20 +11,25 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..daemon.store import Store
+from ..daemon.preview import FOLDER as PREVIEWS
+from ..daemon.preview import preview_name
+from ..daemon.store import Pause, Store
 from ..results.report import JobStatus
 from ..settings.config import Config
 from ..util.text import format_duration
 
 STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED)  # shown even when none
+QUEUED_SHOWN = 20  # waiting jobs listed, unless --all
 _CLEAR = "\x1b[H\x1b[2J"
 _STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 
 
-def gather(config: Config) -> dict[str, Any]:
+def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str, Any]:
+    """The report; ``queued_limit``: how many waiting jobs to list (None: all)."""
     db = config.state_dir / "jobs.sqlite3"
     if not db.exists():
-        return {"jobs": {}, "runs": {}, "running": [], "recent_errors": [], "database": str(db), "started": False}
+        return {"jobs": {}, "runs": {}, "running": [], "recent_errors": [], "database": str(db), "started": False,
+                "paused": None, "queued": [], "queued_more": 0}
     store = Store(config.state_dir)
     try:
         now = time.time()
@@ -34,6 +39,7 @@ def gather(config: Config) -> dict[str, Any]:
             per_iteration = seconds / run.iteration if seconds and run.iteration else None
             remaining = max(0, run.total_iterations - run.iteration)
             running.append({
+                "run_id": run.id,
                 "job_id": run.job_id,
                 "job_name": store.job(run.job_id).name,
                 "label": run.label,
@@ -42,9 +48,21 @@ def gather(config: Config) -> dict[str, Any]:
                 "loss": run.loss,
                 "elapsed_seconds": round(seconds, 1) if seconds is not None else None,
                 "eta_seconds": round(per_iteration * remaining, 1) if per_iteration else None,
+                "preview": str(preview) if (preview := config.outbox / PREVIEWS / preview_name(run.id)).exists() else None,
             })
         jobs = {status: 0 for status in STATUSES} | store.counts()
+        waiting = store.queued_jobs(None if queued_limit is None else queued_limit + 1)
+        queued = [
+            {"job_id": job.id, "name": job.name, "status": job.status, "priority": job.priority, "runs_left": left}
+            for job, left in waiting[:queued_limit]
+        ]
+        shown_all = queued_limit is None or len(waiting) <= queued_limit
+        waiting_total = sum(jobs.get(s, 0) for s in (JobStatus.CLAIMING, JobStatus.QUEUED, JobStatus.RUNNING))
+        pause = store.pause()
         return {
+            "paused": None if pause == Pause.OFF else pause.value,
+            "queued": queued,
+            "queued_more": 0 if shown_all else waiting_total - len(queued),
             "jobs": jobs,
             "runs": store.run_counts(),
             "running": running,
@@ -69,14 +87,19 @@ def render(report: dict[str, Any], color: bool = False, width: int | None = None
     counts = "   ".join(
         paint(f"{status} {jobs.get(status, 0)}", colours.get(status) if jobs.get(status, 0) else None) for status in STATUSES
     )
-    lines = [f"{paint('jobs', 'bold')}  {counts}"]
+    others = "".join(f"   {s} {jobs[s]}" for s in (JobStatus.CANCELLING, JobStatus.CANCELLED) if jobs.get(s))
+    lines = [f"{paint('jobs', 'bold')}  {counts}{others}"]
     if runs:
         lines.append(paint("runs  " + "   ".join(f"{s} {runs.get(s, 0)}" for s in STATUSES), "dim"))
+    if report.get("paused"):
+        how = "running runs checkpoint and wait" if report["paused"] == Pause.NOW else "running runs finish"
+        lines.append(paint(f"PAUSED: no new run starts, {how}; `nst-batch resume` goes on", "yellow"))
     if report["running"]:
         lines += ["", paint("RUNNING", "bold")]
-        header = ("JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA")
+        header = ("RUN", "JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA")
         rows = [
             (
+                f"run-{run['run_id']}" if run.get("run_id") is not None else "-",
                 f"job-{run['job_id']} {run.get('job_name') or ''}".strip(),
                 run["label"],
                 _progress(run["iteration"], run["total_iterations"]),
@@ -89,6 +112,17 @@ def render(report: dict[str, Any], color: bool = False, width: int | None = None
         table = _table([header, *rows])
         lines.append(paint(_cut(table[0], width), "dim"))
         lines += [_cut(row, width) for row in table[1:]]
+    if report.get("queued"):
+        lines += ["", paint("WAITING", "bold")]
+        rows = [("JOB", "NAME", "PRIORITY", "RUNS LEFT")] + [
+            (f"job-{job['job_id']}", job["name"], str(job["priority"]), f"{job['runs_left']} ({job['status']})")
+            for job in report["queued"]
+        ]
+        table = _table(rows)
+        lines.append(paint(_cut(table[0], width), "dim"))
+        lines += [_cut(row, width) for row in table[1:]]
+        if report.get("queued_more"):
+            lines.append(paint(f"... and {report['queued_more']} more (`nst-batch status --all` lists them)", "dim"))
     if report["recent_errors"]:
         lines += ["", paint("RECENT FAILURES", "bold")]
         rows = []

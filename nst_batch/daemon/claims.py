@@ -1,5 +1,7 @@
 """Where a job's input files live: the inbox, then ``state_dir/jobs/ID/`` once claimed, then
-``archive/`` after success or ``failed/NAME/`` (with ``error.txt``) after a failure.
+``archive/`` after success, ``failed/NAME/`` (with ``error.txt``) after a failure, or
+``cancelled/NAME/`` (with ``cancelled.txt``) after ``nst-batch cancel``; a retry takes them back
+from failed/ or cancelled/ into ``jobs/ID/``.
 
 Every move is a rename, or from an inbox on another filesystem a copy that appears whole before
 the original goes, so a file is always in one place; the store records the claim first, so a
@@ -135,3 +137,28 @@ def dispose_failure(folders: Folders, job_id: int, name: str, reason: str) -> Pa
         return None
     atomic_write(source / "error.txt", reason.rstrip() + "\n")
     return _rename_to_unique(source, folders.failed, name)
+
+
+NOTES = ("error.txt", "cancelled.txt", "log.txt")  # what failed/ and cancelled/ add beside the inputs
+
+
+def dispose_cancelled(folders: Folders, job_id: int, name: str, note: str) -> Path | None:
+    """After ``nst-batch cancel``: inputs to ``state_dir/cancelled/NAME/`` with ``cancelled.txt``.
+    Safe to repeat, as ``dispose_failure``."""
+    source = folders.job_dir(job_id)
+    if not source.exists():
+        return None
+    atomic_write(source / "cancelled.txt", note.rstrip() + "\n")
+    return _rename_to_unique(source, folders.cancelled, name)
+
+
+def take_back(folders: Folders, job_id: int, place: Path) -> None:
+    """A retried job's inputs from ``place`` (its folder in failed/ or cancelled/) back into
+    ``jobs/ID/``, without the notes the failure or cancel added. One rename; safe to repeat: once
+    ``jobs/ID`` holds them, there is nothing left to move."""
+    target = folders.job_dir(job_id)
+    if not target.exists():
+        os.rename(place, target)
+        fsync_dir(target.parent)
+    for note in NOTES:
+        (target / note).unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """Starting work: the first queued runs, each changed by the too_big policy if it cannot fit even
 alone, offered to the scheduler with what each needs; what it admits starts on the workers."""
 
+from collections.abc import Callable
+
 from loguru import logger
 
 from ..results.report import RunStatus
@@ -20,15 +22,17 @@ MAX_DISPATCH_WINDOW = 512  # ...and at most, whatever the slots and batch sizes
 
 class Dispatcher:
     def __init__(
-        self, store: Store, capacity: Capacity, runner: Runner, workers: Workers, finisher: Finisher, max_attempts: int
+        self, store: Store, capacity: Capacity, runner: Runner, workers: Workers, finisher: Finisher, max_attempts: int,
+        paused: Callable[[], bool] = lambda: False,
     ):
         self.store, self.capacity, self.runner = store, capacity, runner
         self.workers, self.finisher = workers, finisher
         self.max_attempts = max_attempts
+        self.paused = paused  # `nst-batch pause`: no run starts
 
     def dispatch(self) -> int:
         """Start every queued run (or batch) that fits now; return how many pieces of work started."""
-        if self.finisher.held():
+        if self.finisher.held() or self.paused():
             return 0
         if self.finisher.retry_unfinished():  # jobs asked for again: start nothing until they are tried
             return 0

@@ -8,7 +8,7 @@ from typing import Any
 from loguru import logger
 
 from ..engine import StyleParams
-from ..results.report import ACTIVE_JOBS, JobStatus
+from ..results.report import UNFINISHED_JOBS, JobStatus
 from ..settings.config import Config
 from .capacity import Capacity
 from .publisher import Publisher
@@ -63,6 +63,12 @@ class Finisher:
     def _record(self, job: JobRecord, run: RunRecord, outcome: Outcome, peak_bytes: int | None, batched: bool) -> None:
         log = logger.bind(job=job.label)
         attempts_left = run.attempts < self.config.max_attempts
+        if outcome.ending == Ending.CANCELLED or self.store.job(job.id).status == JobStatus.CANCELLING:
+            # A job being cancelled keeps nothing of a run, even one that ended meanwhile.
+            self.store.cancel_run(run.id)
+            self.publisher.folders.checkpoint(run.id).unlink(missing_ok=True)
+            log.info(f"{run.label}: cancelled")
+            return
         match outcome.ending:
             case Ending.DONE:
                 self.store.finish_run(run.id, outcome.seconds, peak_bytes)
@@ -96,7 +102,7 @@ class Finisher:
 
     def finish_active(self) -> None:
         """At start-up: finish every job whose runs had all ended before a crash."""
-        for job in self.store.jobs(*ACTIVE_JOBS):
+        for job in self.store.jobs(*UNFINISHED_JOBS):
             self.finish_if_complete(job.id)
 
     def retry_unfinished(self) -> bool:
@@ -105,8 +111,11 @@ class Finisher:
     def finish_if_complete(self, job_id: int) -> None:
         """Have a job whose runs have all ended published (on the publisher's thread)."""
         job = self.store.job(job_id)
-        if job.status in ACTIVE_JOBS and not self.store.has_active_runs(job_id):  # cheap: this follows every run
+        if job.status in UNFINISHED_JOBS and not self.store.has_active_runs(job_id):  # cheap: this follows every run
             self.publisher.publish(job_id)
+
+    def rebuild_gallery(self) -> None:
+        self.publisher.rebuild_gallery()
 
     def rebuild_gallery_if_stale(self) -> None:
         """When idle: jobs the intake failed since the last rebuild are shown."""

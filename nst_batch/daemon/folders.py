@@ -1,5 +1,5 @@
 """The daemon's folders, all derived from the config: the inbox and outbox, the style library,
-and under ``state_dir`` the claimed jobs, the archive, failed/ and the checkpoints; plus tidying
+and under ``state_dir`` the claimed jobs, the archive, failed/, cancelled/ and the checkpoints; plus tidying
 what an interruption left in them."""
 
 import os
@@ -10,6 +10,7 @@ from ..settings.config import Config
 from ..util.atomicio import is_temp_name
 from ..util.errors import InputError
 from .inbox import LIBRARY_PREFIX
+from .preview import FOLDER as PREVIEWS
 
 
 class Folders:
@@ -23,11 +24,14 @@ class Folders:
         self.jobs = self.state / "jobs"
         self.archive = self.state / "archive"
         self.failed = self.state / "failed"
+        self.cancelled = self.state / "cancelled"
         self.checkpoints = self.state / "checkpoints"
         self.staging = self.outbox / ".staging"  # on the outbox's filesystem, so publishing is a rename
 
     def create(self) -> None:
-        for folder in (self.inbox, self.outbox, self.jobs, self.archive, self.failed, self.checkpoints, self.staging):
+        for folder in (
+            self.inbox, self.outbox, self.jobs, self.archive, self.failed, self.cancelled, self.checkpoints, self.staging
+        ):
             folder.mkdir(parents=True, exist_ok=True)
 
     def job_dir(self, job_id: int) -> Path:
@@ -47,12 +51,13 @@ class Folders:
         removed = 0
         job_folders = _subfolders(self.jobs)
         in_jobs = [*job_folders, *(sub for folder in job_folders for sub in _subfolders(folder))]
-        for folder in (self.checkpoints, *_subfolders(self.staging), *in_jobs):
+        # The outbox itself: the gallery's pages are written there (and previews in .running/).
+        for folder in (self.checkpoints, self.outbox, self.outbox / PREVIEWS, *_subfolders(self.staging), *in_jobs):
             for item in _listing(folder):
                 if is_temp_name(item.name):
                     remove(Path(item.path))
                     removed += 1
-        for folder in (*_subfolders(self.archive), *_subfolders(self.failed)):
+        for folder in (*_subfolders(self.archive), *_subfolders(self.failed), *_subfolders(self.cancelled)):
             try:
                 folder.rmdir()  # only an empty one goes
                 removed += 1

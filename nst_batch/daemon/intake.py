@@ -122,6 +122,8 @@ class Intake:
     def _fail(self, job: JobRecord, reason: str) -> None:
         self.store.record_error(job.id, reason)  # first: recover() finishes this failure after a crash
         folder = dispose_failure(self.folders, job.id, job.name, reason)
+        if folder is not None:
+            self.store.set_place(job.id, str(folder.relative_to(self.folders.state)))
         self.store.set_job_status(job.id, JobStatus.FAILED, reason)
         for name in job.files:
             if (signature := _signature(self.folders.inbox / name)) is not None:
@@ -135,11 +137,12 @@ class Intake:
         folder = self.folders.job_dir(job.id)
         for name in job.files:
             _check_plain_file(folder / name, name)
-        sidecar = load_sidecar(folder / job.sidecar, self.config.defaults) if job.sidecar else None
+        overrides = job.spec.get("overrides", {})  # a retry's --param
+        sidecar = load_sidecar(folder / job.sidecar, self.config.defaults, overrides) if job.sidecar else None
         contents, styles = job.spec["contents"], job.spec["styles"]
         sizes = {ref: image_size(self.folders.input_path(job.id, ref), self.config.max_pixels) for ref in (*contents, *styles)}
         style_groups = [tuple(styles)] if job.kind != "sidecar" else [(s,) for s in styles]
-        combinations = sidecar.combinations() if sidecar else [({}, self.config.defaults)]
+        combinations = sidecar.combinations() if sidecar else [({}, self.config.defaults.with_overrides(overrides))]
         runs = [
             RunSpec(
                 label=_label(job.name, content, group, varying, len(contents), len(style_groups), len(combinations)),

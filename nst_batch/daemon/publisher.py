@@ -26,13 +26,24 @@ from loguru import logger
 
 from ..results import gallery
 from ..results.outbox import publish
-from ..results.report import ACTIVE_JOBS, Inputs, JobReport, JobStatus, ResultReport, RunStatus, versions
+from ..results.report import (
+    UNFINISHED_JOBS,
+    Inputs,
+    JobReport,
+    JobStatus,
+    ResultReport,
+    RunStatus,
+    job_ending,
+    versions,
+)
 from ..results.result import write_run
 from ..settings.config import Config
-from .claims import dispose_failure, dispose_success
+from .claims import dispose_cancelled, dispose_failure, dispose_success
 from .folders import Folders
+from .preview import FOLDER as PREVIEWS
+from .preview import preview_name
 from .runner import Ending, Outcome, failure_outcome, no_space
-from .store import JobRecord, RunRecord, Store
+from .store import JobRecord, Pause, RunRecord, Store
 
 # A full disk: no run starts, nor is a finished job published, for this long; then they are tried
 # again. Attempts are not counted: a full disk is nobody's input's fault.
@@ -40,6 +51,7 @@ NO_SPACE_RETRY_S = 60.0
 WRITES_WAITING = 4  # pieces of finished work waiting for their files, at most
 GALLERY_EVERY_S = 2.0  # while jobs keep being published; once they stop, at once
 GALLERY_FAILURES_SHOWN = 200
+PAUSE_TEXT = {Pause.AFTER_RUNS: "no new run starts; running runs finish", Pause.NOW: "no run runs; they wait, checkpointed"}
 
 
 def job_report(job: JobRecord, runs: list[RunRecord], device: torch.device) -> JobReport:
@@ -210,7 +222,7 @@ class Publisher:
                 self._unfinished.add(job_id)
             return
         job = store.job(job_id)
-        if job.status not in ACTIVE_JOBS or store.has_active_runs(job_id):
+        if job.status not in UNFINISHED_JOBS or store.has_active_runs(job_id):
             return
         try:
             self._finish(store, job, store.runs(job_id))
@@ -229,7 +241,8 @@ class Publisher:
         log = logger.bind(job=job.label)
         failed = [r for r in runs if r.status == RunStatus.FAILED]
         staging = self.folders.staging_dir(job.id)
-        if len(failed) < len(runs):
+        ending = job_ending(job.status, [r.status for r in runs])
+        if ending != JobStatus.CANCELLED and any(r.status == RunStatus.DONE for r in runs):
             folder = publish(staging, self.folders.outbox, job.outbox_name, job_report(job, runs, self.device))
             log.info(f"{job.name}: results in {folder}")
         else:
@@ -237,9 +250,21 @@ class Publisher:
         shutil.rmtree(staging, ignore_errors=True)
         for run in runs:
             self.folders.checkpoint(run.id).unlink(missing_ok=True)
-        if failed:
+        if ending == JobStatus.CANCELLED:
+            done = sum(r.status == RunStatus.DONE for r in runs)
+            note = f"{job.name} (job-{job.id}) was cancelled by `nst-batch cancel`"
+            note += f"; {done} of its {len(runs)} result(s) had been made, none published" if done else ""
+            note += f".\nRun `nst-batch retry job-{job.id}` to queue it again.\n"
+            folder = dispose_cancelled(self.folders, job.id, job.name, note)
+            if folder is not None:
+                store.set_place(job.id, str(folder.relative_to(self.folders.state)))
+            store.set_job_status(job.id, JobStatus.CANCELLED)
+            log.info(f"{job.name} cancelled; inputs in {folder or 'cancelled/ already'}")
+        elif failed:
             reason = "\n".join(f"{r.label}: {r.error}" for r in failed)
             folder = dispose_failure(self.folders, job.id, job.name, reason)
+            if folder is not None:
+                store.set_place(job.id, str(folder.relative_to(self.folders.state)))
             store.set_job_status(job.id, JobStatus.FAILED, reason)
             where = f"inputs and error.txt in {folder}" if folder else "its folder had already gone to failed/"
             log.error(f"{job.name} failed ({len(failed)} of {len(runs)} results); {where}")
@@ -247,6 +272,17 @@ class Publisher:
             dispose_success(self.folders, job.id, job.name, self.config.on_success)
             store.set_job_status(job.id, JobStatus.DONE)
         self._want_gallery()
+
+    def _running(self, store: Store) -> list[dict]:
+        """The running runs, for the gallery's "running" section, each with its preview if it has one yet."""
+        running = []
+        for run in store.running_runs():
+            preview = f"{PREVIEWS}/{preview_name(run.id)}"
+            running.append({
+                "run_id": run.id, "job": store.job(run.job_id).name, "label": run.label, "iteration": run.iteration,
+                "total": run.total_iterations, "preview": preview if (self.folders.outbox / preview).exists() else None,
+            })
+        return running
 
     def _keep_log(self, job_id: int) -> None:
         """No result to publish: the job's log goes with its inputs (to failed/), not away."""
@@ -265,6 +301,12 @@ class Publisher:
         self._gallery_due = time.monotonic()
         self._tasks.put(lambda store: None)  # wakes the thread
 
+    def preview_changed(self) -> None:
+        """A running run's preview was written or removed (any thread): the gallery's running
+        section is rebuilt, at most every GALLERY_EVERY_S."""
+        self._want_gallery()
+        self._tasks.put(lambda store: None)  # wakes the thread, which may be waiting for a task
+
     def _want_gallery(self) -> None:
         if self._gallery_due is None:
             self._gallery_due = max(time.monotonic(), self._gallery_built + GALLERY_EVERY_S)
@@ -273,7 +315,13 @@ class Publisher:
         self._gallery_due = None
         try:
             failures = store.recent_failures(limit=GALLERY_FAILURES_SHOWN)
-            gallery.rebuild(self.folders.outbox, gallery.failed_jobs(failures))
+            cancelled = store.recent_failures(limit=GALLERY_FAILURES_SHOWN, status=JobStatus.CANCELLED)
+            pause = store.pause()
+            paused = None if pause == Pause.OFF else PAUSE_TEXT[pause]
+            gallery.rebuild(
+                self.folders.outbox, gallery.failed_jobs(failures), cancelled=gallery.failed_jobs(cancelled), paused=paused,
+                running=self._running(store),
+            )
             self._gallery_failures = store.counts().get(JobStatus.FAILED, 0)
         except Exception:  # the gallery is a view: never worth stopping the daemon for
             logger.exception("could not rebuild outbox/index.html")

@@ -38,6 +38,7 @@ from ..util.errors import NstBatchError, disk_full
 from ..util.imagefile import read_image
 from .checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
 from .folders import Folders
+from .halt import cancelled
 from .inbox import LIBRARY_PREFIX
 from .store import JobRecord, RunRecord, Store
 
@@ -54,6 +55,7 @@ class Ending(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     NO_SPACE = "no_space"  # a full disk: not the run's fault
     UNUSABLE = "unusable"  # a result that is no picture (black, flat, unchanged)
+    CANCELLED = "cancelled"  # `nst-batch cancel`: stopped, no checkpoint kept
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,12 @@ class Runner:
         folders: Folders,
         input_path: Callable[[int, str], Path],
         heartbeat: Callable[[], None] = lambda: None,
+        preview: Callable[[int, Callable[[], torch.Tensor]], bool] | None = None,
     ):
         self.config, self.folders = config, folders
         self.input_path = input_path
         self.heartbeat = heartbeat
+        self.preview = preview  # offered the current image after each iteration (``preview.Previews.offer``)
         self.device = resolve_device(config.device)
         self._cpu_bf16 = tuning.cpu_has_bf16()
         self._networks: dict[str, tuple[Network, WeightsInfo]] = {}
@@ -157,6 +161,7 @@ class Runner:
     ) -> "_Seat":
         """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
         seat = _Seat(job, run, run.params, logger.bind(job=job.label))
+        seat.cancelled = lambda: cancelled(stop, run.id)
         try:
             seat.content = read_image(self.input_path(job.id, run.content), self.config.max_pixels)
             styles = [read_image(self.input_path(job.id, s), self.config.max_pixels) for s in run.styles]
@@ -221,6 +226,9 @@ class Runner:
 
     def _finish(self, seat: "_Seat", result: Result) -> Outcome:
         run, params, log = seat.run, seat.params, seat.log
+        if result.interrupted and seat.cancelled():
+            log.info(f"{run.label}: cancelled at iteration {result.state.iteration}; no checkpoint kept")
+            return Outcome(Ending.CANCELLED)
         if result.interrupted:
             checkpoint = self.folders.checkpoint(run.id)
             saved = save_checkpoint(checkpoint, result.state, seat.reel, params, log)
@@ -256,7 +264,8 @@ class Runner:
             if progress.frame is not None:
                 reel.offer(progress.frame)
             since_saved = progress.iteration - saved_at
-            if checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s()):
+            due = checkpoint_due(since_saved, self.config.checkpoint_every, saving.spent_s, saving.elapsed_s())
+            if due and not seat.cancelled():
                 began = time.monotonic()
                 save_checkpoint(checkpoint, progress.snapshot(), reel, params, log)
                 saving.spent_s += time.monotonic() - began
@@ -266,6 +275,8 @@ class Runner:
                 last_report = now
                 store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
                 self.heartbeat()
+            if self.preview is not None:  # the image only (no optimizer state), and only when one is due
+                self.preview(run.id, lambda: progress.snapshot(with_optimizer=False).image)
             return stop.is_set()
 
         return on_progress
@@ -285,6 +296,7 @@ class _Seat:
     member: Member | None = None
     reel: FrameReel = field(default_factory=FrameReel)  # the progress GIF's frames, bounded
     outcome: Outcome | None = None
+    cancelled: Callable[[], bool] = lambda: False  # `nst-batch cancel` of this run
 
 
 @dataclass

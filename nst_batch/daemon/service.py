@@ -16,16 +16,21 @@ from ..results.report import JobStatus
 from ..settings import tuning
 from ..settings.config import Config
 from .capacity import Capacity
+from .control import Controller
 from .dispatch import Dispatcher
 from .finishing import Finisher
 from .folders import Folders
 from .intake import Intake
+from .metrics import Metrics
+from .notices import Notices
+from .notifier import Notifier
+from .preview import Previews
 from .publisher import Publisher
 from .runner import Runner
 from .store import Store
 from .systemd import notify
 from .watcher import InboxWatcher
-from .workers import Workers
+from .workers import Work, Workers
 
 BUSY_POLL_S = 0.5
 INTAKE_RESTART_S = 5.0  # a dead intake or publisher thread is restarted at most this often
@@ -44,13 +49,19 @@ class Service:
         self.work = threading.Event()  # set when something was queued or finished
         self.store = Store(self.folders.state)
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
-        self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat)
+        self.previews = Previews(self.folders.outbox, written=lambda: self.publisher.preview_changed())
+        self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat, self.previews.offer)
         self.capacity = Capacity(config, self.runner.device)
         self.publisher = Publisher(config, self.folders, self.runner.device)
         self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
         self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
+        self.notifier = Notifier(config.notify)  # reads notify.urls_file: a bad one stops the start here
+        self.notices = Notices(self.store, self.notifier, self.folders.outbox)
+        self.metrics = Metrics(config.metrics, self.store, lambda: self.capacity.budget, lambda: self.notifier.failures)
+        self.control = Controller(self.store, self.folders, self.workers, self.finisher, self.watcher.wake.set)
         self.dispatcher = Dispatcher(
-            self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts
+            self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts,
+            paused=lambda: self.control.paused,
         )
         self._intake_thread: threading.Thread | None = None
         self._intake_started = 0.0
@@ -70,9 +81,13 @@ class Service:
         try:
             self._start()
             while not self.stop.is_set():
+                self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
                 for work in self.workers.finished():
-                    self.finisher.settle(work)
-                if not self.dispatcher.dispatch() and not self.workers.busy:
+                    self._settle(work)
+                idle = not self.dispatcher.dispatch() and not self.workers.busy
+                self.notices.tick(idle)  # a job failed or done; the queue drained
+                self.metrics.tick(self.workers.active)  # every metrics.every_seconds
+                if idle:
                     self._idle()
                 else:
                     self._heartbeat()
@@ -84,6 +99,12 @@ class Service:
                 signal.signal(signum, handler)
             gc.unfreeze()
         return 0
+
+    def _settle(self, work: Work) -> None:
+        self.finisher.settle(work)
+        self.metrics.settled(work)
+        if [run for _, run in work.runs if self.previews.remove(run.id)]:
+            self.publisher.preview_changed()  # its "running" section shows no preview that has gone
 
     def _start(self) -> None:
         requeued = self.store.requeue_interrupted()
@@ -104,7 +125,11 @@ class Service:
         gc.freeze()
         self.publisher.start()
         self._publisher_started = time.monotonic()
+        self.notifier.start()
+        self.metrics.start()
+        self.previews.start()
         self.finisher.finish_active()
+        self.control.tick()  # a pause survives a restart: known before anything could start
         self.publisher.rebuild_gallery()
         # Watching before READY: a file written from then on is seen being written, so a copy
         # that stalls half way is never taken for a finished one.
@@ -118,8 +143,12 @@ class Service:
         notify("STOPPING=1")
         self.workers.join()  # each running run sees the stop, checkpoints and returns; results are written
         for work in self.workers.finished():
-            self.finisher.settle(work)
+            self._settle(work)
+        self.previews.stop()
         self.publisher.stop()  # after what the last runs finished is published
+        self.notices.tick(idle=False)  # what ended last is told, without waiting long for a receiver
+        self.notifier.stop()
+        self.metrics.stop()
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
 
@@ -203,7 +232,8 @@ class Service:
         self.finisher.rebuild_gallery_if_stale()
         counts = self.store.counts()
         queued, done, failed = (counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED))
-        notify(f"STATUS=idle; {queued} queued, {done} done, {failed} failed")
+        paused = "paused; " if self.control.paused else ""
+        notify(f"STATUS={paused}idle; {queued} queued, {done} done, {failed} failed")
         self._heartbeat()
         self.work.wait(1.0)
         self.work.clear()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,69 @@ CREATE TABLE IF NOT EXISTS memory_samples (  -- measured runs and probes: what t
     created REAL NOT NULL,
     work_bytes INTEGER                  -- tiled runs: activations computed per iteration; NULL: activation_bytes
 );
+CREATE TABLE IF NOT EXISTS control (     -- the daemon's switches, set by `nst-batch pause` and `resume`
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done by the daemon, answered here
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,               -- Action
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    run_id INTEGER,                     -- cancel of one run; NULL: the whole job
+    payload TEXT NOT NULL DEFAULT '{}', -- JSON: a retry's parameter overrides
+    created REAL NOT NULL,
+    handled REAL,                       -- NULL until the daemon has acted
+    answer TEXT                         -- what it did, in one line
+);
+CREATE INDEX IF NOT EXISTS requests_pending ON requests(handled);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);  -- the intake looks for claiming jobs every tick
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_by_updated ON jobs(updated);  -- jobs ended since: notifications, metrics  -- the intake looks for claiming jobs every tick
 """
 
 
-_ADDED_COLUMNS = (("memory_samples", "work_bytes", "INTEGER"),)
+_ADDED_COLUMNS = (
+    ("memory_samples", "work_bytes", "INTEGER"),
+    ("jobs", "place", "TEXT"),  # where a failed or cancelled job's inputs went, relative to state_dir
+)
+
+
+class Pause(str, Enum):
+    """Whether runs start: ``nst-batch pause`` (running runs finish), ``pause --now`` (they
+    checkpoint and wait), ``resume``. Kept in the store, so a restart keeps it."""
+
+    OFF = "off"
+    AFTER_RUNS = "after_runs"
+    NOW = "now"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Action(str, Enum):
+    """What a request asks the daemon to do."""
+
+    CANCEL = "cancel"
+    RETRY = "retry"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Request:
+    """A control request (stage: asked by the command line, until the daemon has answered it)."""
+
+    id: int
+    action: Action
+    job_id: int
+    run_id: int | None
+    payload: dict[str, Any]
+    created: float
+    handled: float | None
+    answer: str | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +157,7 @@ class JobRecord:
     error: str | None
     created: float
     updated: float
+    place: str | None = None  # failed/NAME or cancelled/NAME, once its inputs are there
 
     @property
     def label(self) -> str:
@@ -158,6 +216,13 @@ def _job(row: sqlite3.Row) -> JobRecord:
     data["hashes"] = json.loads(data["hashes"])
     data["spec"] = json.loads(data["spec"])
     return JobRecord(**data)
+
+
+def _request(row: sqlite3.Row) -> Request:
+    data = dict(row)
+    data["action"] = Action(data["action"])
+    data["payload"] = json.loads(data["payload"])
+    return Request(**data)
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
@@ -244,9 +309,18 @@ class Store:
     def requeue_interrupted(self) -> int:
         """After a crash or stop: what was running is queued again (its checkpoint survives)."""
         with self._transaction() as db:
+            # A job being cancelled when the daemon died: what was running is cancelled, not resumed.
+            db.execute(
+                "UPDATE runs SET status=?, finished=? WHERE status IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE status=?)",
+                (RunStatus.CANCELLED, time.time(), *ACTIVE_RUNS, JobStatus.CANCELLING),
+            )
             count = db.execute("UPDATE runs SET status=? WHERE status=?", (RunStatus.QUEUED, RunStatus.RUNNING)).rowcount
             db.execute("UPDATE jobs SET status=? WHERE status=?", (JobStatus.QUEUED, JobStatus.RUNNING))
         return count
+
+    def set_place(self, job_id: int, place: str | None) -> None:
+        """Where the job's inputs are now (``failed/NAME``, ``cancelled/NAME``), relative to state_dir."""
+        self.db.execute("UPDATE jobs SET place=? WHERE id=?", (place, job_id))
 
     def jobs(self, *statuses: JobStatus) -> list[JobRecord]:
         marks = ",".join("?" * len(statuses))
@@ -255,6 +329,87 @@ class Store:
 
     def job(self, job_id: int) -> JobRecord:
         return _job(self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+
+    def find_job(self, job_id: int) -> JobRecord | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def jobs_named(self, name: str) -> list[JobRecord]:
+        """Jobs of this name, or published under it (the outbox folder's name)."""
+        rows = self.db.execute("SELECT * FROM jobs WHERE name=? OR outbox_name=? ORDER BY id", (name, name))
+        return [_job(r) for r in rows]
+
+    def find_run(self, run_id: int) -> RunRecord | None:
+        row = self.db.execute(
+            "SELECT runs.*, jobs.priority AS priority FROM runs JOIN jobs ON jobs.id = runs.job_id WHERE runs.id=?",
+            (run_id,),
+        ).fetchone()
+        return None if row is None else _run(row)
+
+    # --- control: pause, priority, cancel, retry ----------------------------------------------
+
+    def pause(self) -> Pause:
+        value = self.control("pause")
+        return Pause(value) if value in Pause._value2member_map_ else Pause.OFF
+
+    def set_pause(self, pause: Pause) -> None:
+        self.set_control("pause", pause.value)
+
+    def control(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM control WHERE key=?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
+    def set_control(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO control (key, value, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+            (key, value, time.time()),
+        )
+
+    def set_priority(self, job_id: int, priority: int) -> None:
+        self.db.execute("UPDATE jobs SET priority=?, updated=? WHERE id=?", (priority, time.time(), job_id))
+
+    def ask(self, action: Action, job_id: int, run_id: int | None = None, payload: dict | None = None) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO requests (action, job_id, run_id, payload, created) VALUES (?, ?, ?, ?, ?)",
+            (action.value, job_id, run_id, json.dumps(payload or {}), time.time()),
+        )
+        return int(cursor.lastrowid)
+
+    def pending_requests(self) -> list[Request]:
+        return [_request(r) for r in self.db.execute("SELECT * FROM requests WHERE handled IS NULL ORDER BY id")]
+
+    def request(self, request_id: int) -> Request:
+        return _request(self.db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone())
+
+    def answer(self, request_id: int, answer: str) -> None:
+        self.db.execute("UPDATE requests SET handled=?, answer=? WHERE id=?", (time.time(), answer, request_id))
+
+    def cancel_job(self, job_id: int) -> int:
+        """The job is cancelling; its queued runs are cancelled at once (how many). A running one
+        is cancelled when its worker returns (``cancel_run``)."""
+        with self._transaction() as db:
+            count = db.execute(
+                "UPDATE runs SET status=?, finished=? WHERE job_id=? AND status=?",
+                (RunStatus.CANCELLED, time.time(), job_id, RunStatus.QUEUED),
+            ).rowcount
+            db.execute("UPDATE jobs SET status=?, updated=? WHERE id=?", (JobStatus.CANCELLING, time.time(), job_id))
+        return count
+
+    def cancel_run(self, run_id: int) -> None:
+        self.db.execute(
+            "UPDATE runs SET status=?, finished=? WHERE id=?", (RunStatus.CANCELLED, time.time(), run_id)
+        )
+
+    def reclaim(self, job_id: int, overrides: dict[str, Any]) -> None:
+        """A failed or cancelled job, its inputs back in ``jobs/ID``, is claimed again: the intake
+        plans its runs afresh (new attempts), with ``overrides`` over its parameters."""
+        job = self.job(job_id)
+        spec = {**job.spec, "overrides": {**job.spec.get("overrides", {}), **overrides}}
+        self.db.execute(
+            "UPDATE jobs SET status=?, error=NULL, place=NULL, spec=?, updated=? WHERE id=?",
+            (JobStatus.CLAIMING, json.dumps(spec), time.time(), job_id),
+        )
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -371,9 +526,51 @@ class Store:
         )
         return [_run(r) for r in rows]
 
-    def recent_failures(self, limit: int = 5) -> list[JobRecord]:
-        rows = self.db.execute("SELECT * FROM jobs WHERE status=? ORDER BY updated DESC LIMIT ?", (JobStatus.FAILED, limit))
+    def recent_failures(self, limit: int = 5, status: JobStatus = JobStatus.FAILED) -> list[JobRecord]:
+        rows = self.db.execute("SELECT * FROM jobs WHERE status=? ORDER BY updated DESC LIMIT ?", (status, limit))
         return [_job(r) for r in rows]
+
+    def oldest_waiting(self) -> float | None:
+        """When the oldest job still waiting for a run to start was created (epoch seconds)."""
+        row = self.db.execute(
+            "SELECT MIN(jobs.created) AS t FROM jobs JOIN runs ON runs.job_id = jobs.id "
+            "WHERE runs.status=? AND jobs.status IN (?, ?)",
+            (RunStatus.QUEUED, *ACTIVE_JOBS),
+        ).fetchone()
+        return row["t"]
+
+    def ended_since(self, since: float) -> list[JobRecord]:
+        """Jobs that ended (done, failed, cancelled) after ``since`` (epoch seconds), in that order."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE updated > ? AND status IN (?, ?, ?) ORDER BY updated, id",
+            (since, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED),
+        )
+        return [_job(r) for r in rows]
+
+    def compute_seconds(self, job_ids: Iterable[int]) -> float:
+        """The runs' computing time of these jobs."""
+        ids = list(job_ids)
+        total = 0.0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = self.db.execute(f"SELECT SUM(seconds) AS s FROM runs WHERE job_id IN ({marks})", chunk).fetchone()
+            total += row["s"] or 0.0
+        return total
+
+    def queued_jobs(self, limit: int | None = None) -> list[tuple[JobRecord, int]]:
+        """Jobs waiting or running, in queue order, each with how many of its runs are left."""
+        rows = self.db.execute(
+            "SELECT jobs.*, (SELECT COUNT(*) FROM runs WHERE runs.job_id = jobs.id AND runs.status IN (?, ?)) AS runs_left "
+            "FROM jobs WHERE status IN (?, ?, ?) ORDER BY priority DESC, id LIMIT ?",
+            (*ACTIVE_RUNS, JobStatus.CLAIMING, *ACTIVE_JOBS, -1 if limit is None else limit),
+        )
+        result = []
+        for row in rows:
+            data = dict(row)
+            left = data.pop("runs_left")
+            result.append((_job(data), left))
+        return result
 
     def all_jobs(self) -> list[JobRecord]:
         return [_job(r) for r in self.db.execute("SELECT * FROM jobs ORDER BY id")]

@@ -18,6 +18,7 @@ import torch
 from loguru import logger
 
 from .folders import Folders
+from .halt import Halt
 from .measure import PeakMeter
 from .publisher import Publisher
 from .runner import Ending, Outcome, Runner
@@ -33,9 +34,11 @@ class Work:
     shared: bool = False  # other work was on the device at some point: its peak says little
     outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
+    repairs: int = 0  # of its runs' optimizations (rising, non-finite or stalled losses), for the metrics
     thread: threading.Thread | None = field(default=None, repr=False)
     left_device: threading.Event = field(default_factory=threading.Event, repr=False)  # its results handed on
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
+    halt: Halt | None = field(default=None, repr=False)  # set by start(): the daemon's stop, a pause --now, a cancel
 
     @property
     def on_device(self) -> bool:
@@ -70,6 +73,7 @@ class Workers:
         return bool(self._works)
 
     def start(self, work: Work) -> None:
+        work.halt = Halt(self.stop)
         active = self.active
         for other in active:
             other.shared = True
@@ -101,7 +105,7 @@ class Workers:
         writes = self.publisher.writes_begun
         try:
             with PeakMeter(self.runner.device, enabled=not work.shared) as meter, _own_stream(self.runner.device):
-                outcomes = self.runner.run_batch(work.runs, self.stop, store)
+                outcomes = self.runner.run_batch(work.runs, work.halt, store)
             work.peak_bytes = meter.peak_bytes
             if self.runner.device.type == "cpu" and (not quiet or self.publisher.writes_begun != writes):
                 work.shared = True
@@ -111,6 +115,7 @@ class Workers:
             outcomes = [Outcome(Ending.RETRY, f"{type(error).__name__}: {error}")] * len(work.runs)
         finally:
             store.close()
+        work.repairs = sum(len(o.unwritten.run.result.repairs) for o in outcomes if o.unwritten is not None)
         to_write = any(outcome.unwritten is not None for outcome in outcomes)
         if to_write:
             self.publisher.write(outcomes, then=lambda written: self._end(work, written))

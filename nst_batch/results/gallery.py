@@ -71,6 +71,9 @@ def rebuild(
     page_size: int = PAGE_SIZE,
     now: float | None = None,
     thumbnail_budget_s: float | None = THUMBNAIL_BUDGET_S,
+    cancelled: Sequence[Mapping[str, Any]] = (),
+    paused: str | None = None,
+    running: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write ``outbox/index.html`` (and ``index-2.html``...) from every published job.json.
 
@@ -82,13 +85,18 @@ def rebuild(
     (None: no limit); the rest show a placeholder until a later rebuild. A thousand old
     folders seen for the first time therefore never hold the caller (the daemon's main loop,
     which feeds the watchdog) for long.
+
+    ``cancelled``: cancelled jobs, as ``failed``. ``paused``: why no run starts
+    (`nst-batch pause`), shown at the top; None when runs start. ``running``: the running runs,
+    as dicts with ``run_id``, ``job``, ``label``, ``iteration``, ``total`` and ``preview`` (an
+    outbox-relative path of its latest preview JPEG, or None).
     """
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
     now = time.time() if now is None else now
     deadline = None if thumbnail_budget_s is None else time.monotonic() + thumbnail_budget_s
     jobs = [ensure_thumbnails(outbox, job, deadline) for job in collect(outbox)]
-    pages = render_pages(jobs, failed, page_size, now)
+    pages = render_pages(jobs, failed, page_size, now, cancelled, paused, running)
     for number in range(len(pages), 0, -1):  # the first page last: its links lead to pages already there
         atomic_write(outbox / page_name(number), pages[number - 1])
     for stale in outbox.glob("index-*.html"):
@@ -161,7 +169,10 @@ def page_name(number: int) -> str:
 # --- rendering (pure: jobs in, HTML out) --------------------------------------------------------
 
 
-def render_pages(jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_size: int, now: float) -> list[str]:
+def render_pages(
+    jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_size: int, now: float,
+    cancelled: Sequence[Mapping[str, Any]] = (), paused: str | None = None, running: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
     published_ids = {job.report.id for job in jobs if job.report.id is not None}
     unpublished = [f for f in failed if f.get("id") is None or f.get("id") not in published_ids]
     summary = _summary(jobs, failed, now)
@@ -170,8 +181,12 @@ def render_pages(jobs: Sequence[Job], failed: Sequence[Mapping[str, Any]], page_
     for number in range(1, count + 1):
         chunk = jobs[(number - 1) * page_size : number * page_size]
         body = [summary]
+        if paused:
+            body.append(f'<p class="paused"><b>Paused</b>: {_esc(paused)}. `nst-batch resume` goes on.</p>')
         if number == 1:
+            body.append(_running(running))
             body.append(_failures(unpublished))
+            body.append(_cancelled(cancelled))
         elif unpublished:
             body.append(f'<p class="note"><a href="index.html#failed">{len(unpublished)} failed job(s)</a> on the first page</p>')
         body.append(_nav(number, count))
@@ -228,6 +243,44 @@ def _failures(failed: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _running(running: Sequence[Mapping[str, Any]]) -> str:
+    """The runs in progress, each with a preview of where it is: a look, not a result."""
+    if not running:
+        return ""
+    cards = []
+    for r in running:
+        total = r.get("total") or 0
+        progress = f"iteration {r.get('iteration', 0)}" + (f" of {total}" if total else "")
+        preview = r.get("preview")
+        picture = (
+            f'<img src="{_href(*str(preview).split("/"))}" alt="preview of {_esc(r.get("label"))}">'
+            if preview else '<div class="thumb missing">no preview yet</div>'
+        )
+        cards.append(
+            f'<figure class="preview">{picture}<figcaption><b>{_esc(r.get("job"))}</b> {_esc(r.get("label"))}'
+            f' (run-{_esc(r.get("run_id"))}): {_esc(progress)}; preview, not a result</figcaption></figure>'
+        )
+    return (
+        f'<section id="running" class="running"><h2>Running ({len(running)})</h2><p class="note">Where each run is now; '
+        f'the previews are refreshed at most every 30 s and go when the run ends.</p>{"".join(cards)}</section>'
+    )
+
+
+def _cancelled(cancelled: Sequence[Mapping[str, Any]]) -> str:
+    if not cancelled:
+        return ""
+    rows = "".join(
+        f'<tr><td class="when">{_esc(_when(_float(c.get("when"))))}</td><td class="name">{_esc(c.get("name", "?"))}</td>'
+        f'<td>job-{_esc(c.get("id", "?"))}</td></tr>'
+        for c in cancelled
+    )
+    return (
+        f'<section id="cancelled" class="failed"><h2>Cancelled ({len(cancelled)})</h2><p class="note">Their inputs are '
+        f'in the state folder\'s cancelled/NAME/; `nst-batch retry job-N` queues one again.</p><table><thead><tr>'
+        f'<th>when</th><th>job</th><th>id</th></tr></thead><tbody>{rows}</tbody></table></section>'
+    )
+
+
 def _nav(number: int, count: int) -> str:
     if count == 1:
         return ""
@@ -258,6 +311,9 @@ def _card(job: Job, eager: bool) -> str:
     badges = []
     if failed:
         badges.append(f'<span class="badge bad">{len(failed)} of {len(results)} failed</span>')
+    cancelled = [r for r in results if r.status == RunStatus.CANCELLED]
+    if cancelled:
+        badges.append(f'<span class="badge warn">{len(cancelled)} of {len(results)} cancelled</span>')
     if any(r.pretrained_weights is False for r in results):
         badges.append('<span class="badge warn">random weights</span>')
     facts = [f"finished {_when(job.finished)}", f"took {format_duration(_job_seconds(job))}"]
@@ -382,6 +438,9 @@ a { color: #0b57d0; } .note, .generated, .facts, footer { color: var(--muted); }
 .summary ul { list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 8px 20px; }
 .summary b { font-size: 20px; } .ok b { color: var(--ok); } .bad, .bad b { color: var(--bad); } .warn, .warn b { color: var(--warn); }
 header { display: flex; flex-wrap: wrap; gap: 8px 48px; align-items: baseline; margin-bottom: 12px; }
+.running figure.preview { display: inline-block; margin: 0 12px 12px 0; max-width: 260px; vertical-align: top; }
+.running figure.preview img { max-width: 256px; max-height: 256px; display: block; }
+.paused { background: #fff4d6; border: 1px solid #e0b040; padding: 6px 10px; }
 .failed table { border-collapse: collapse; width: 100%; background: #fff; } .failed { margin: 12px 0; }
 .failed td, .failed th { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 .failed .reason { color: var(--bad); overflow-wrap: anywhere; } .failed .when { white-space: nowrap; }

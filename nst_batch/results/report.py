@@ -29,14 +29,17 @@ class _State(str, Enum):
 
 
 class JobStatus(_State):
-    """A job: claiming -> queued -> running -> done | failed. The values are what the store and
-    job.json hold."""
+    """A job: claiming -> queued -> running -> done | failed, or -> cancelling -> cancelled
+    (``nst-batch cancel``); a failed or cancelled job retried is claiming again. The values are
+    what the store and job.json hold."""
 
     CLAIMING = "claiming"
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"  # at least one of its results failed (the others are published)
+    CANCELLING = "cancelling"  # asked to stop: its running run stops, nothing of it is published
+    CANCELLED = "cancelled"  # its inputs are in state_dir/cancelled/NAME/
 
 
 class RunStatus(_State):
@@ -46,10 +49,22 @@ class RunStatus(_State):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by `nst-batch cancel`: not a result, nor a failure
 
 
 ACTIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job in these has work left
 ACTIVE_RUNS = (RunStatus.QUEUED, RunStatus.RUNNING)
+UNFINISHED_JOBS = (*ACTIVE_JOBS, JobStatus.CANCELLING)  # a job in these ends once its runs have
+
+
+def job_ending(status: JobStatus, runs: Sequence[RunStatus]) -> JobStatus:
+    """How a job whose runs have all ended ends (pure): cancelled when it was asked to be, or when
+    every run was cancelled; failed when a result failed (the others are published); else done."""
+    if status == JobStatus.CANCELLING or (runs and all(r == RunStatus.CANCELLED for r in runs)):
+        return JobStatus.CANCELLED
+    if any(r == RunStatus.FAILED for r in runs):
+        return JobStatus.FAILED
+    return JobStatus.DONE
 
 _READ = ConfigDict(frozen=True, extra="ignore")
 

@@ -17,6 +17,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -157,6 +158,52 @@ class LogConfig(BaseModel):
         return None if path is None else _absolute(path, _base_dir(info))
 
 
+NOTIFY_EVENTS = ("failed", "done", "drained")
+
+
+class NotifyConfig(BaseModel):
+    """Who hears from the daemon, through apprise URLs: a job failed, a job done, the queue drained."""
+
+    model_config = FROZEN
+
+    # SecretStr: a URL may hold a token; it prints as ********** in any repr or log line.
+    urls: tuple[SecretStr, ...] = Field((), description="apprise URLs, e.g. ntfy://topic, json://host:port/path")
+    urls_file: Path | None = Field(None, description="a file of apprise URLs, one a line (# comments), read at start")
+    events: tuple[Literal["failed", "done", "drained"], ...] = Field(
+        ("failed", "drained"), description="failed (a job failed) | done (a job done) | drained (the morning summary)"
+    )
+    attempts: int = Field(3, ge=1, le=10, description="tries of each notification before it is dropped")
+    retry_seconds: float = Field(30.0, gt=0, le=3600, description="pause before the second try; doubled each try")
+
+    @field_validator("urls_file")
+    @classmethod
+    def _resolve_urls_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _absolute(path, _base_dir(info))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls or self.urls_file) and bool(self.events)
+
+
+class MetricsConfig(BaseModel):
+    """Metrics for monitoring (Prometheus' text format)."""
+
+    model_config = FROZEN
+
+    textfile: Path | None = Field(
+        None, description="a .prom file in node_exporter's textfile directory, rewritten atomically; null = none"
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="also serve /metrics on 127.0.0.1:PORT (needs the networked unit); null = none"
+    )
+    every_seconds: float = Field(15.0, ge=1, le=3600, description="seconds between two writes of the textfile")
+
+    @field_validator("textfile")
+    @classmethod
+    def _resolve_textfile(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _absolute(path, _base_dir(info))
+
+
 def _folder(default: str, description: str) -> Any:
     return Field(Path(default), validate_default=True, description=description)
 
@@ -190,6 +237,8 @@ class Config(BaseModel):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="memory-aware scheduling")
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="speed switches")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="notifications (apprise)")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="metrics for monitoring")
     defaults: StyleParams = Field(
         default_factory=StyleParams, description="engine parameters of every job; a sidecar overrides them"
     )
@@ -225,7 +274,7 @@ class Config(BaseModel):
         return f"inbox={self.inbox}, outbox={self.outbox}, device={self.device}, weights={self.model.weights}"
 
 
-_SECTIONS = ("model", "log", "defaults")
+_SECTIONS = ("model", "log", "defaults", "notify", "metrics")
 
 
 def _override_path(key: str, item: str) -> tuple[str, ...]:

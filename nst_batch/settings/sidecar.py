@@ -168,6 +168,7 @@ def sidecar_from_mapping(data: Mapping[str, Any], *, source: str, defaults: Styl
     return Sidecar.model_validate({**job_keys, "params": params})
 
 
-def load_sidecar(path: Path, defaults: StyleParams) -> Sidecar:
-    """The sidecar at ``path``, its parameters taken over ``defaults`` (the config's)."""
-    return sidecar_from_mapping(load_yaml(path), source=str(path), defaults=defaults)
+def load_sidecar(path: Path, defaults: StyleParams, overrides: Mapping[str, Any] | None = None) -> Sidecar:
+    """The sidecar at ``path``, its parameters taken over ``defaults`` (the config's); ``overrides``
+    (a retry's ``--param``) replace its keys of the same name."""
+    return sidecar_from_mapping({**load_yaml(path), **(overrides or {})}, source=str(path), defaults=defaults)
