@@ -1,12 +1,12 @@
 """stylize(): the loss falls, sizes and scales, seeds, colours, blends, early stop, the callback,
 interruption and resumption, init images, divergence. Tiny images, random VGG-19, few iterations."""
 
-import io
 
 import pytest
 import torch
+from engine_helpers import losses_of, round_trip
 
-from nst_batch.engine import RunState, StyleParams, stylize
+from nst_batch.engine import StyleParams, stylize
 from nst_batch.engine.images import FRAME_LONG_SIDE, luminance, resize_long_side, rgb_to_yiq
 from nst_batch.util.errors import DivergedError, InputError, NstBatchError
 
@@ -26,19 +26,6 @@ def _random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 def _totals(result) -> list[float]:
     return [record.total for record in result.history]
-
-
-def _losses(result) -> list[tuple[float, ...]]:
-    """The history without its timings, which never repeat."""
-    return [(r.iteration, r.content, r.style, r.tv, r.total) for r in result.history]
-
-
-def _round_trip(state: RunState) -> RunState:
-    """Through torch.save and a safe torch.load, as a checkpoint on disk would go."""
-    buffer = io.BytesIO()
-    torch.save(state.to_dict(), buffer)
-    buffer.seek(0)
-    return RunState.from_dict(torch.load(buffer, weights_only=True))
 
 
 def _stop_at(iteration: int):
@@ -89,7 +76,7 @@ def test_noise_init_with_the_same_seed_gives_the_same_image(vgg19_random, tiny_i
     other = stylize(vgg19_random, content, style, params.with_overrides({"seed": 8}))
     assert first.seed == second.seed == 7 and other.seed == 8
     assert torch.equal(first.image, second.image)
-    assert _losses(first) == _losses(second)
+    assert losses_of(first) == losses_of(second)
     assert (first.image - other.image).abs().mean() > 0.05
 
 
@@ -123,10 +110,10 @@ def test_preserve_colors_matches_only_the_styles_luminance(vgg19_random, tiny_im
     params = _params(iterations=2, preserve_colors=True)
     coloured = stylize(vgg19_random, content, [style], params)
     grey = stylize(vgg19_random, content, [luminance(style)], params)
-    torch.testing.assert_close(torch.tensor(_losses(coloured)), torch.tensor(_losses(grey)))
+    torch.testing.assert_close(torch.tensor(losses_of(coloured)), torch.tensor(losses_of(grey)))
     torch.testing.assert_close(coloured.image, grey.image)
     without = stylize(vgg19_random, content, [style], params.with_overrides({"preserve_colors": False}))
-    assert _losses(without)[0] != pytest.approx(_losses(coloured)[0], rel=1e-3)
+    assert losses_of(without)[0] != pytest.approx(losses_of(coloured)[0], rel=1e-3)
 
 
 def test_blend_weights_one_and_zero_equal_the_first_style_alone(vgg19_random, tiny_images):
@@ -135,7 +122,7 @@ def test_blend_weights_one_and_zero_equal_the_first_style_alone(vgg19_random, ti
     blended = stylize(vgg19_random, content, [first, second], _params(style_blend_weights=(1, 0)))
     other = stylize(vgg19_random, content, [first, second], _params(style_blend_weights=(0, 1)))
     assert torch.equal(blended.image, alone.image)
-    assert _losses(blended) == _losses(alone)
+    assert losses_of(blended) == losses_of(alone)
     assert (other.image - alone.image).abs().mean() > 0.01
 
 
@@ -221,7 +208,7 @@ def test_an_uninterrupted_run_has_no_state(vgg19_random, tiny_images):
 def _interrupted_and_resumed(network, content, style, params, stop_at):
     first = stylize(network, content, style, params, callback=_stop_at(stop_at))
     assert first.interrupted
-    return first, stylize(network, content, style, params, resume=_round_trip(first.state))
+    return first, stylize(network, content, style, params, resume=round_trip(first.state))
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -230,11 +217,11 @@ def test_resume_continues_the_iteration_count_history_and_scales(vgg19_random, t
     content, style = _random_image(32, 32, seed=5), [tiny_images.noise]
     first = stylize(vgg19_random, content, style, params, callback=_stop_at(3))
     seen = []
-    rest = stylize(vgg19_random, content, style, params, resume=_round_trip(first.state), callback=seen.append)
+    rest = stylize(vgg19_random, content, style, params, resume=round_trip(first.state), callback=seen.append)
     assert [p.iteration for p in seen] == [4, 5, 6, 7, 8]
     assert [p.scale for p in seen] == [0, 1, 1, 1, 1]
     assert [r.iteration for r in rest.history] == list(range(1, 9))
-    assert _losses(rest)[:3] == _losses(first)
+    assert losses_of(rest)[:3] == losses_of(first)
     assert rest.scale_starts == [0, 4] and rest.seed == first.seed and not rest.interrupted
     assert rest.history[3].elapsed_s > first.history[2].elapsed_s  # the clock goes on too
 
@@ -248,7 +235,7 @@ def test_resume_is_exact_while_no_pixel_has_left_0_1(vgg19_random, tiny_images, 
     whole = stylize(vgg19_random, content, style, params)
     assert 0 < whole.image.min() and whole.image.max() < 1
     _, rest = _interrupted_and_resumed(vgg19_random, content, style, params, stop_at=3)
-    torch.testing.assert_close(torch.tensor(_losses(rest)), torch.tensor(_losses(whole)), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(torch.tensor(losses_of(rest)), torch.tensor(losses_of(whole)), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(rest.image, whole.image, atol=1e-5, rtol=0)
 
 
@@ -259,7 +246,7 @@ def test_resumed_run_gives_the_same_image_and_history_as_an_uninterrupted_one(vg
     params = _params(optimizer=optimizer, iterations=6)
     whole = stylize(vgg19_random, content, style, params)
     _, rest = _interrupted_and_resumed(vgg19_random, content, style, params, stop_at=3)
-    torch.testing.assert_close(torch.tensor(_losses(rest)), torch.tensor(_losses(whole)), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(torch.tensor(losses_of(rest)), torch.tensor(losses_of(whole)), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(rest.image, whole.image, atol=1e-5, rtol=0)
 
 
@@ -282,7 +269,7 @@ def test_a_state_resumed_with_other_parameters_is_refused_with_the_reason(vgg19_
     content, style = tiny_images.gradient, [tiny_images.noise]
     first = stylize(vgg19_random, content, style, _params(), callback=_stop_at(2))
     with pytest.raises(ValueError, match=message):
-        stylize(vgg19_random, content, style, _params(**changed), resume=_round_trip(first.state))
+        stylize(vgg19_random, content, style, _params(**changed), resume=round_trip(first.state))
 
 
 # -- init images and failures ----------------------------------------------------------------
@@ -295,7 +282,7 @@ def test_init_image_is_where_the_optimization_starts(vgg19_random, tiny_images):
     same_picture = stylize(vgg19_random, content, style, from_path, init_image=content.clone())
     other_picture = stylize(vgg19_random, content, style, from_path, init_image=tiny_images.checkerboard)
     # The first record is the loss of the starting image itself.
-    assert _losses(same_picture) == _losses(from_content)
+    assert losses_of(same_picture) == losses_of(from_content)
     assert torch.equal(same_picture.image, from_content.image)
     assert other_picture.history[0].total != pytest.approx(from_content.history[0].total, rel=1e-3)
 

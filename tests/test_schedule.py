@@ -1,17 +1,17 @@
 """The high-resolution schedule: a ladder of any ratio, iterations per scale, a fixed style size
 and Adam's state carried across scales; validated, stored, resumed. Tiny images, random VGG-19."""
 
-import io
 import json
 import math
 
 import pytest
 import torch
+from engine_helpers import losses_of, round_trip
 from pydantic import ValidationError
 
 from nst_batch.daemon.checkpoint import load_checkpoint
 from nst_batch.daemon.memory import MemoryModel, run_need, run_seconds
-from nst_batch.engine import RunState, StyleParams, stylize
+from nst_batch.engine import StyleParams, stylize
 from nst_batch.engine.optimize import _carried_adam_state
 from nst_batch.util.errors import InputError
 
@@ -25,18 +25,6 @@ def _params(**overrides) -> StyleParams:
 
 def _random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(seed))
-
-
-def _losses(result) -> list[tuple[float, ...]]:
-    return [(r.iteration, r.content, r.style, r.tv, r.total) for r in result.history]
-
-
-def _round_trip(state: RunState) -> RunState:
-    """Through torch.save and a safe torch.load, as a checkpoint on disk would go."""
-    buffer = io.BytesIO()
-    torch.save(state.to_dict(), buffer)
-    buffer.seek(0)
-    return RunState.from_dict(torch.load(buffer, weights_only=True))
 
 
 # -- the ladder ------------------------------------------------------------------------------
@@ -137,7 +125,7 @@ def test_carry_optimizer_goes_on_with_adams_moments_at_the_next_scales_shape(vgg
     with_carry, without = (stylize(vgg19_random, content, style, p, callback=lambda p: p.iteration == 5)
                            for p in (carried, fresh))
     # the first scale and the second's start image are the same; the second's first step is not
-    assert _losses(with_carry)[:4] == _losses(without)[:4]
+    assert losses_of(with_carry)[:4] == losses_of(without)[:4]
     assert with_carry.history[4].total != pytest.approx(without.history[4].total, rel=1e-4)
     state = with_carry.state.optimizer["state"][0]
     assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (1, 3, 32, 32)
@@ -172,9 +160,9 @@ def test_a_run_resumed_at_any_point_of_the_schedule_ends_as_an_uninterrupted_one
     whole = stylize(vgg19_random, content, style, params)
     first = stylize(vgg19_random, content, style, params, callback=lambda p: p.iteration == stop_at)
     assert first.interrupted and len(first.history) == stop_at
-    rest = stylize(vgg19_random, content, style, params, resume=_round_trip(first.state))
+    rest = stylize(vgg19_random, content, style, params, resume=round_trip(first.state))
     assert rest.scale_starts == whole.scale_starts == [0, 3]
-    torch.testing.assert_close(torch.tensor(_losses(rest)), torch.tensor(_losses(whole)), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(torch.tensor(losses_of(rest)), torch.tensor(losses_of(whole)), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(rest.image, whole.image, atol=1e-5, rtol=0)
 
 
