@@ -205,15 +205,25 @@ def test_cancel_stops_a_running_job_within_2_s_and_a_failed_job_is_retried_with_
     assert not (daemon.state / "jobs" / str(run["job_id"])).exists()
     assert not preview.exists()  # the preview went with the run
 
+    # a new submission of the same name waits in the inbox for its pair: the retry leaves it there
+    make_image(daemon.inbox / "bad.content.png", seed=5)
     status, out, _ = cli(daemon, capsys, "retry", "bad", "--param", "iterations=3")
     assert status == 0 and "bad: queued again from failed/bad with iterations=3" in out
     published = daemon.wait_published("bad")["bad"]
+    assert (daemon.inbox / "bad.content.png").exists()
     assert published["status"] == "done" and [r["attempts"] for r in published["results"]] == [1]
     assert not (daemon.state / "failed" / "bad").exists()
     report = daemon.status_cli()
     assert report["jobs"]["cancelled"] == 1 and report["jobs"]["done"] == 1 and report["jobs"]["failed"] == 0
     gallery = (daemon.outbox / "index.html").read_text()
     assert "Cancelled (1)" in gallery and "long" in gallery
+
+    # the daemon's own refusal (its inputs were removed by hand) is one line on stderr and exit 2
+    for item in (daemon.state / "cancelled" / "long").iterdir():
+        item.unlink()
+    (daemon.state / "cancelled" / "long").rmdir()
+    status, out, err = cli(daemon, capsys, "retry", "long")
+    assert status == 2 and not out and "its inputs are not in cancelled/long any more" in err
 
 
 # --- pipes ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ changed. Cancel and retry are carried out by the daemon: the command waits for i
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..daemon.control import Target, cancel_refusal, resolve, retry_refusal
@@ -53,7 +54,9 @@ def priority(config: Config, ref: str, value: int) -> str:
         job = target.job
         if target.run is not None:
             raise InputError(f"{target.describe()}: a priority belongs to a job, not a run; give the job's id")
-        if job.status not in (JobStatus.CLAIMING, *ACTIVE_JOBS):
+        if job.status == JobStatus.CLAIMING:  # its sidecar's priority is still to be read, and would win
+            raise InputError(f"{target.describe()} is being claimed; try again in a few seconds")
+        if job.status not in ACTIVE_JOBS:
             raise InputError(f"{target.describe()} is {job.status}: only a waiting job has a priority to change")
         store.set_priority(job.id, value)
     finally:
@@ -76,18 +79,26 @@ def param_overrides(items: Sequence[str], defaults: StyleParams) -> dict[str, An
     return overrides
 
 
-def cancel(config: Config, refs: Sequence[str], sleep: Callable[[float], None] = time.sleep) -> list[str]:
+@dataclass(frozen=True)
+class Answer:
+    """The daemon's one line about one job or run; ``refused``: it changed nothing."""
+
+    text: str
+    refused: bool = False
+
+
+def cancel(config: Config, refs: Sequence[str], sleep: Callable[[float], None] = time.sleep) -> list[Answer]:
     return _ask(config, refs, Action.CANCEL, cancel_refusal, {}, sleep)
 
 
-def retry(config: Config, refs: Sequence[str], overrides: Mapping[str, Any], sleep=time.sleep) -> list[str]:
+def retry(config: Config, refs: Sequence[str], overrides: Mapping[str, Any], sleep=time.sleep) -> list[Answer]:
     return _ask(config, refs, Action.RETRY, retry_refusal, {"overrides": dict(overrides)}, sleep)
 
 
 def _ask(
     config: Config, refs: Sequence[str], action: Action, refusal: Callable[[Target], str | None],
     payload: dict[str, Any], sleep: Callable[[float], None],
-) -> list[str]:
+) -> list[Answer]:
     """Every target checked first (nothing is asked if one is wrong), then asked, then answered."""
     store = _store(config)
     try:
@@ -102,11 +113,12 @@ def _ask(
         deadline = time.monotonic() + ANSWER_WAIT_S
         while any(store.request(i).handled is None for _, i in asked) and time.monotonic() < deadline:
             sleep(0.1)
-        lines = []
+        answers = []
         for target, request_id in asked:
-            answer = store.request(request_id).answer
-            lines.append(answer or f"{target.describe()}: {action} asked; the daemon has not answered in "
-                                   f"{ANSWER_WAIT_S:g} s (is it running?) and will act on it when it runs")
-        return lines
+            request = store.request(request_id)
+            answers.append(Answer(request.answer, request.refused) if request.answer else Answer(
+                f"{target.describe()}: {action} asked; the daemon has not answered in {ANSWER_WAIT_S:g} s "
+                "(is it running?) and will act on it when it runs"))
+        return answers
     finally:
         store.close()

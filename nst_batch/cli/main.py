@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nst-batch: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if args.command == "serve":  # the daemon prints nothing: a broken pipe there is a fault
+            raise
         _quiet_stdout()
         return 0
 
@@ -246,8 +248,7 @@ def _cancel(args: argparse.Namespace) -> int:
     from ..settings.config import load_config
     from . import control
 
-    print("\n".join(control.cancel(load_config(args.config, args.overrides), args.targets)))
-    return 0
+    return _answered(control.cancel(load_config(args.config, args.overrides), args.targets))
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -256,8 +257,17 @@ def _retry(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     overrides = control.param_overrides(args.params, config.defaults)
-    print("\n".join(control.retry(config, args.targets, overrides)))
-    return 0
+    return _answered(control.retry(config, args.targets, overrides))
+
+
+def _answered(answers) -> int:
+    """The daemon's answers, one line each; one that changed nothing on stderr, and exit status 2."""
+    for answer in answers:
+        if answer.refused:
+            print(f"nst-batch: error: {answer.text}", file=sys.stderr)
+        else:
+            print(answer.text)
+    return EXIT_USAGE if any(answer.refused for answer in answers) else 0
 
 
 def _priority_command(args: argparse.Namespace) -> int:

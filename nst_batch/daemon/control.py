@@ -78,6 +78,10 @@ def resolve(store: Store, ref: str) -> Target:
     return Target(pick(ref, store.jobs_named(str(value))))
 
 
+class Refusal(str):
+    """An answer that changed nothing: the command line ends with exit status 2."""
+
+
 def cancel_refusal(target: Target) -> str | None:
     """Why ``target`` cannot be cancelled (pure); None: it can."""
     job, run = target.job, target.run
@@ -141,14 +145,14 @@ class Controller:
                 answer = self._carry_out(request)
             except Exception as error:  # a bug, or a folder moved by hand: answered, never the loop's end
                 logger.opt(exception=error).error(f"request {request.id} ({request.action}) failed")
-                answer = f"could not {request.action} job-{request.job_id}: {type(error).__name__}: {error}"
-            self.store.answer(request.id, answer)
+                answer = Refusal(f"could not {request.action} job-{request.job_id}: {type(error).__name__}: {error}")
+            self.store.answer(request.id, answer, refused=isinstance(answer, Refusal))
 
     def _carry_out(self, request: Request) -> str:
         job = self.store.find_job(request.job_id)
         run = self.store.find_run(request.run_id) if request.run_id is not None else None
         if job is None or (request.run_id is not None and run is None):
-            return f"job-{request.job_id}: no such job or run any more"
+            return Refusal(f"job-{request.job_id}: no such job or run any more")
         target = Target(job, run)
         if request.action == Action.CANCEL:
             return self._cancel(target)
@@ -157,15 +161,19 @@ class Controller:
     def _cancel(self, target: Target) -> str:
         refusal = cancel_refusal(target)
         if refusal is not None:
-            return refusal
+            return Refusal(refusal)
         job, run = target.job, target.run
         log = logger.bind(job=job.label)
+        # Here, on the main thread, no run ends and no job is handed to the publisher meanwhile.
         if run is None:
-            self.store.cancel_job(job.id)
+            if not self.store.has_active_runs(job.id) or not self.store.cancel_job(job.id):
+                return Refusal(f"{target.describe()}: too late, all its results are made and it is being published")
             stopping = self._halt(lambda r: r.job_id == job.id)
         else:
             stopping = self._halt(lambda r: r.id == run.id)
-            if not stopping and run.status != RunStatus.RUNNING:
+            if not stopping and run.status == RunStatus.RUNNING:
+                return Refusal(f"{target.describe()}: too late, its result is being written")
+            if not stopping:
                 self.store.cancel_run(run.id)
         self.finisher.finish_if_complete(job.id)
         where = f"its inputs go to {self.folders.cancelled.name}/" if run is None else "the other results go on"
@@ -186,11 +194,13 @@ class Controller:
     def _retry(self, target: Target, overrides: dict[str, Any]) -> str:
         refusal = retry_refusal(target)
         if refusal is not None:
-            return refusal
+            return Refusal(refusal)
         job = target.job
         place = inputs_place(self.folders, job)
         if (place is None or not place.is_dir()) and not self.folders.job_dir(job.id).is_dir():
-            return f"{target.describe()}: its inputs are not in {job.place or 'failed/' + job.name} any more; drop them again"
+            return Refusal(
+                f"{target.describe()}: its inputs are not in {job.place or 'failed/' + job.name} any more; drop them again"
+            )
         take_back(self.folders, job.id, place)
         self.store.reclaim(job.id, overrides)
         self.wake()

@@ -98,8 +98,13 @@ class Intake:
             self._fail(job, reason)
 
     def _admit(self, job: JobRecord) -> str | None:
-        """Move the job's files in and queue its runs; or the reason it cannot run."""
-        missing = move_in(self.folders, job.id, job.files)
+        """Move the job's files in and queue its runs; or the reason it cannot run. A retried job's
+        files are in its folder already: the inbox is not touched (a new file of the same name
+        there is another submission)."""
+        if job.spec.get("retried"):
+            missing = [name for name in job.files if not os.path.lexists(self.folders.job_dir(job.id) / name)]
+        else:
+            missing = move_in(self.folders, job.id, job.files)
         if missing:
             return f"{', '.join(missing)} disappeared from the inbox before it could be claimed: drop it again"
         try:

@@ -275,8 +275,8 @@ class Runner:
                 last_report = now
                 store.progress(run.id, progress.iteration, progress.total_iterations, progress.losses.total)
                 self.heartbeat()
-            if self.preview is not None:  # the image only (no optimizer state), and only when one is due
-                self.preview(run.id, lambda: progress.snapshot(with_optimizer=False).image)
+            if self.preview is not None:  # a picture of at most 512 px, taken only when one is due
+                self.preview(run.id, progress.picture)
             return stop.is_set()
 
         return on_progress

@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done
     payload TEXT NOT NULL DEFAULT '{}', -- JSON: a retry's parameter overrides
     created REAL NOT NULL,
     handled REAL,                       -- NULL until the daemon has acted
-    answer TEXT                         -- what it did, in one line
+    answer TEXT,                        -- what it did, in one line
+    refused INTEGER NOT NULL DEFAULT 0  -- 1: it changed nothing (the command line exits 2)
 );
 CREATE INDEX IF NOT EXISTS requests_pending ON requests(handled);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
@@ -138,6 +139,7 @@ class Request:
     created: float
     handled: float | None
     answer: str | None
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def _request(row: sqlite3.Row) -> Request:
     data = dict(row)
     data["action"] = Action(data["action"])
     data["payload"] = json.loads(data["payload"])
+    data["refused"] = bool(data["refused"])
     return Request(**data)
 
 
@@ -382,19 +385,26 @@ class Store:
     def request(self, request_id: int) -> Request:
         return _request(self.db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone())
 
-    def answer(self, request_id: int, answer: str) -> None:
-        self.db.execute("UPDATE requests SET handled=?, answer=? WHERE id=?", (time.time(), answer, request_id))
+    def answer(self, request_id: int, answer: str, refused: bool = False) -> None:
+        self.db.execute(
+            "UPDATE requests SET handled=?, answer=?, refused=? WHERE id=?", (time.time(), answer, int(refused), request_id)
+        )
 
-    def cancel_job(self, job_id: int) -> int:
-        """The job is cancelling; its queued runs are cancelled at once (how many). A running one
-        is cancelled when its worker returns (``cancel_run``)."""
+    def cancel_job(self, job_id: int) -> bool:
+        """The job is cancelling, if it is still queued or running (whether it was); its queued runs
+        are cancelled at once. A running one is cancelled when its worker returns (``cancel_run``)."""
         with self._transaction() as db:
-            count = db.execute(
+            changed = db.execute(
+                "UPDATE jobs SET status=?, updated=? WHERE id=? AND status IN (?, ?)",
+                (JobStatus.CANCELLING, time.time(), job_id, JobStatus.QUEUED, JobStatus.RUNNING),
+            ).rowcount
+            if not changed:
+                return False
+            db.execute(
                 "UPDATE runs SET status=?, finished=? WHERE job_id=? AND status=?",
                 (RunStatus.CANCELLED, time.time(), job_id, RunStatus.QUEUED),
-            ).rowcount
-            db.execute("UPDATE jobs SET status=?, updated=? WHERE id=?", (JobStatus.CANCELLING, time.time(), job_id))
-        return count
+            )
+        return True
 
     def cancel_run(self, run_id: int) -> None:
         self.db.execute(
@@ -405,7 +415,7 @@ class Store:
         """A failed or cancelled job, its inputs back in ``jobs/ID``, is claimed again: the intake
         plans its runs afresh (new attempts), with ``overrides`` over its parameters."""
         job = self.job(job_id)
-        spec = {**job.spec, "overrides": {**job.spec.get("overrides", {}), **overrides}}
+        spec = {**job.spec, "overrides": {**job.spec.get("overrides", {}), **overrides}, "retried": True}
         self.db.execute(
             "UPDATE jobs SET status=?, error=NULL, place=NULL, spec=?, updated=? WHERE id=?",
             (JobStatus.CLAIMING, json.dumps(spec), time.time(), job_id),

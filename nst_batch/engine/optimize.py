@@ -143,6 +143,7 @@ class Progress:
     losses: LossRecord
     frame: torch.Tensor | None  # the current image as a preview of at most FRAME_LONG_SIDE px (CPU)
     snapshot: Callable[[], RunState]  # the state to resume from; costs a copy, so call it when needed
+    picture: Callable[[], torch.Tensor] | None = None  # the current image as ``frame`` is, on demand
 
 
 @dataclass(frozen=True)
@@ -532,7 +533,7 @@ class _ScaleRun:
             frame = self._picture() if every and self.iteration % every == 0 else None
             progress = Progress(
                 self.iteration, self.params.total_iterations, self.state.scale, self.scales, record, frame,
-                self.snapshot,
+                self.snapshot, self._picture,
             )
             if self.callback(progress):
                 self.stopped = True
