@@ -234,6 +234,11 @@ def test_a_node_that_is_gone_frees_its_runs_to_start_anywhere():
     assert [p.batch.run_ids for p in placed] == [(1, 2)]
 
 
+def test_a_checkpoint_node_too_small_for_the_run_is_given_up():
+    devices = [device("n1", budget_gib=4), device("n2", budget_gib=12)]
+    assert where(place([run(1, 6, node="n1")], devices)) == {1: "n2/cuda:0"}  # n1 could never hold it
+
+
 def test_a_batch_never_mixes_checkpoint_nodes():
     devices = [device("n1"), device("n2")]
     queued = [run(1, 1, key="s", node="n1"), run(2, 1, key="s", node="n2"), run(3, 1, key="s"), run(4, 1, key="s",

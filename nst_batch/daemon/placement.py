@@ -24,7 +24,7 @@ work; the queue and its order (priority, then arrival) are one for all of them:
 - **Resume prefers the checkpoint's node.** A run whose checkpoint is on a node (``Candidate.node``)
   is placed only on that node's devices while the node is among them; it waits, or reserves, there.
   A node that is gone (none of its devices is offered) means the checkpoint is gone with it: the
-  run may go anywhere, and starts again.
+  run may go anywhere, and starts again; so may a run none of its node's devices could ever hold.
 - A batch that no device's budget could ever hold is skipped, not reserved: it would block a
   device for ever. (Dispatch's too_big policy fits every run to the budget before it is offered.)
 """
@@ -91,9 +91,13 @@ def place(queued: Sequence[Candidate], devices: Sequence[Device], max_batch: int
         )
         for i, d in enumerate(devices)
     ]
-    nodes = {d.node for d in devices}
-    # A checkpoint on a node that is gone is gone too: such a run starts again, anywhere.
-    queued = [run if run.node is None or run.node in nodes else replace(run, node=None) for run in queued]
+    # A checkpoint on a node that is gone is gone too, and one on a node none of whose devices could
+    # ever hold the run is of no use: such a run starts again, anywhere.
+    room_on = {}
+    for d in devices:
+        room_on[d.node] = max(room_on.get(d.node, 0), d.budget)
+    queued = [run if run.node is None or room_on.get(run.node, 0) >= run.need_bytes else replace(run, node=None)
+              for run in queued]
     smallest = min(d.budget for d in devices)
     placed: list[Placed] = []
     for batch in batches(queued, max_batch, smallest):
