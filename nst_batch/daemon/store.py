@@ -102,6 +102,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_updated ON jobs(updated);  -- jobs ended sinc
 _ADDED_COLUMNS = (
     ("memory_samples", "work_bytes", "INTEGER"),
     ("jobs", "place", "TEXT"),  # where a failed or cancelled job's inputs went, relative to state_dir
+    # Where a run last started under the ray executor (its checkpoint stays on that node); NULL: never
+    # placed there (the threads executor's one device).
+    ("runs", "node", "TEXT"),
+    ("runs", "device", "TEXT"),
 )
 
 
@@ -193,6 +197,8 @@ class RunRecord:
     alone: bool
     warning: str | None
     priority: int = 0  # the job's, for the scheduler
+    node: str | None = None  # the Ray node it last started on, where its checkpoint is; None: this machine's
+    device: str | None = None  # the device on that node
 
     @property
     def content_size(self) -> tuple[int, int]:
@@ -451,12 +457,15 @@ class Store:
         ).fetchone()
         return row is not None
 
-    def start_run(self, run: RunRecord) -> None:
+    def start_run(self, run: RunRecord, node: str | None = None, device: str | None = None) -> None:
+        """The run starts, counting an attempt; on ``node`` and ``device`` when placed across devices
+        (without them, where it last ran is kept)."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "UPDATE runs SET status=?, attempts=attempts+1, started=COALESCE(started, ?) WHERE id=?",
-                (RunStatus.RUNNING, now, run.id),
+                "UPDATE runs SET status=?, attempts=attempts+1, started=COALESCE(started, ?), "
+                "node=COALESCE(?, node), device=COALESCE(?, device) WHERE id=?",
+                (RunStatus.RUNNING, now, node, device, run.id),
             )
             db.execute("UPDATE jobs SET status=?, updated=? WHERE id=?", (JobStatus.RUNNING, now, run.job_id))
 
