@@ -5,6 +5,8 @@ only, and are skipped without the ray extra."""
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -57,6 +59,13 @@ def test_without_the_extra_one_line_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(actors, "ray_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'nst-batch\[ray\]'"):
         actors.require_ray()
+
+
+def test_an_actors_process_imports_neither_torch_nor_pydantic_to_start():
+    # Each actor's process imports this module first: light, it starts in seconds, not tens of them.
+    code = "import sys, nst_batch.daemon.actors; print(sorted({'torch', 'pydantic', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ---- a loopback cluster of two nodes with two fake GPUs each ----

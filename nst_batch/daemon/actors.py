@@ -19,11 +19,13 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..settings.config import RayConfig
 from ..util.errors import ConfigError
 from .shipping import Parcel, unpack
+
+if TYPE_CHECKING:  # an actor's process imports this module: it stays light (no torch, no pydantic)
+    from ..settings.config import RayConfig
 
 # Set in the environment before Ray starts or is joined, so that its workers inherit it too.
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0"}
@@ -50,7 +52,7 @@ def quiet_environment() -> None:
     os.environ.update(RAY_ENVIRONMENT)
 
 
-def init_options(settings: RayConfig, node_ip_address: str | None = None, **resources: Any) -> dict[str, Any]:
+def init_options(settings: "RayConfig", node_ip_address: str | None = None, **resources: Any) -> dict[str, Any]:
     """``ray.init``'s arguments for ``settings`` (pure). A Ray of this machine's own (no address)
     binds to 127.0.0.1, with ``resources`` (``num_cpus``, ``num_gpus``: tests declare fake GPUs) and
     the configured object store. Joining a cluster, this process listens on ``node_ip_address``
@@ -71,7 +73,7 @@ def init_options(settings: RayConfig, node_ip_address: str | None = None, **reso
     return options
 
 
-def connect(settings: RayConfig, node_ip_address: str | None = None, **resources: Any) -> Any:
+def connect(settings: "RayConfig", node_ip_address: str | None = None, **resources: Any) -> Any:
     """Start (no address) or join Ray on the daemon's terms; the ``ray`` module."""
     ray = require_ray()
     quiet_environment()
