@@ -68,25 +68,85 @@ def test_an_actors_process_imports_neither_torch_nor_pydantic_to_start():
     assert out.strip() == "[]"
 
 
-# ---- a loopback cluster of two nodes with two fake GPUs each ----
+def test_token_authentication_with_a_token_of_its_own(tmp_path):
+    token = tmp_path / "state" / "ray-auth-token"
+    env = actors.auth_environment(token, create=True)
+    assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    text = token.read_text()
+    assert len(text) == 64 and int(text, 16) >= 0  # 256 random bits, in hex
+    assert (token.stat().st_mode & 0o777) == 0o600
+    assert actors.auth_environment(token, create=True) == env and token.read_text() == text  # kept for restarts
+    assert [p.name for p in token.parent.iterdir()] == ["ray-auth-token"]  # no temporary file left
 
 
-# Joining a cluster at 127.0.0.1:PORT, Ray swaps the loopback address for this machine's own
-# (services.resolve_ip_for_localhost), which the loopback cluster does not listen on, and which no
-# test may reach. Ray resolves to 127.0.0.1 where it supports no multi-machine cluster: the tests
-# say so, in this process (the constant, read at each call) and in those Ray starts (the variable).
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+def test_joining_a_cluster_needs_its_token_and_makes_none_up(tmp_path):
+    token = tmp_path / "ray-auth-token"
+    with pytest.raises(ConfigError, match="needs the cluster's token in .*ray-auth-token"):
+        actors.auth_environment(token, create=False)
+    assert not token.exists()
+
+
+def test_a_token_others_may_read_or_a_link_is_refused(tmp_path):
+    token = tmp_path / "ray-auth-token"
+    token.write_text("0" * 64)
+    token.chmod(0o644)
+    with pytest.raises(ConfigError, match="may be read by others .*chmod 600"):
+        actors.auth_environment(token, create=False)
+    link = tmp_path / "link"
+    link.symlink_to(token)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        actors.auth_environment(link, create=True)
+
+
+class FakeRay:
+    """What ``connect`` hands to ``ray.init``, and the environment Ray would have read."""
+
+    def __init__(self):
+        self.options, self.environment = None, None
+
+    def init(self, **options):
+        self.options, self.environment = options, dict(os.environ)
+
+
+@pytest.mark.parametrize("address", [None, "10.0.0.5:6379"])
+def test_connect_sets_the_environment_before_ray_reads_it(tmp_path, monkeypatch, address):
+    for key in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", *actors.LOOPBACK_ENVIRONMENT):
+        monkeypatch.delenv(key, raising=False)
+    fake = FakeRay()
+    monkeypatch.setattr(actors, "require_ray", lambda: fake)
+    token = tmp_path / "ray-auth-token"
+    if address is not None:
+        actors.auth_environment(token, create=True)  # the cluster's, copied from its head
+    assert actors.connect(RayConfig(address=address), token) is fake
+    env = fake.environment
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(token)
+    # Only a Ray of its own is kept on 127.0.0.1; a cluster's address is its own business.
+    assert ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in env) == (address is None)
+    assert fake.options.get("_node_ip_address") == (LOOPBACK if address is None else None)
+
+
+# ---- a loopback cluster of two nodes with two fake GPUs each, token authentication on ----
+
+# Joining a cluster at 127.0.0.1:PORT, Ray swaps the loopback address for this machine's own, which
+# the loopback cluster does not listen on and no test may reach: the tests tell Ray what the
+# daemon tells a Ray of its own (``actors.LOOPBACK_ENVIRONMENT``), in this process (the constant,
+# read at each call) and in those Ray starts (the variable).
+ENVIRONMENT = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray")
+def cluster(tmp_path_factory):
+    if not actors.ray_installed():
+        pytest.skip("needs the ray extra: pip install 'nst-batch[ray]'")
+    saved = {key: os.environ.get(key) for key in ENVIRONMENT}
+    token = tmp_path_factory.mktemp("state") / "ray-auth-token"
+    os.environ.update({**actors.LOOPBACK_ENVIRONMENT, **actors.RAY_ENVIRONMENT})
+    os.environ.update(actors.auth_environment(token, create=True))  # before Ray is imported: it reads them once
+    import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    actors.quiet_environment()
-    saved = {key: os.environ.get(key) for key in LOOPBACK_ONLY}
-    os.environ.update(LOOPBACK_ONLY)
     was = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     node = {"num_cpus": 1, "num_gpus": 2, "node_ip_address": LOOPBACK, "object_store_memory": 80 * MIB}
@@ -94,7 +154,7 @@ def cluster():
     try:
         made.add_node(**node)
         made.wait_for_nodes()
-        actors.connect(RayConfig(address=made.address), node_ip_address=LOOPBACK)
+        actors.connect(RayConfig(address=made.address), token, node_ip_address=LOOPBACK)
         yield ray
     finally:
         ray.shutdown()

@@ -11,12 +11,16 @@ stopping, and the ``Workers`` interface around the actors (see the README's scal
   job database owns attempts, so Ray never re-runs anything the database does not know of. A dead
   actor is the daemon's to replace, and its run the daemon's to queue again.
 - **Nothing leaves the machine or the cluster.** ``RAY_USAGE_STATS_ENABLED=0`` is set before Ray
-  starts or is joined; a Ray the daemon starts itself binds to 127.0.0.1 and has no dashboard.
+  starts or is joined; a Ray the daemon starts itself listens on 127.0.0.1 only (see
+  ``LOOPBACK_ENVIRONMENT``) and has no dashboard.
+- **Token authentication is on** (``RAY_AUTH_MODE=token``), its token a file of the state directory.
 - Ray is imported only when used: without the ``ray`` extra the daemon never imports it.
 """
 
 import importlib.util
 import os
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,10 @@ if TYPE_CHECKING:  # an actor's process imports this module: it stays light (no 
 
 # Set in the environment before Ray starts or is joined, so that its workers inherit it too.
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0"}
+# A Ray of the daemon's own stays on 127.0.0.1. ray.init swaps a loopback ``_node_ip_address`` for
+# this machine's outward address, and its servers then listen on every interface (measured with
+# 2.60), unless Ray is told this is no multi-machine cluster: then it keeps 127.0.0.1.
+LOOPBACK_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The job database decides retries: Ray restarts no actor and re-runs no call.
 NO_RETRIES = {"max_restarts": 0, "max_task_retries": 0}
 LOOPBACK = "127.0.0.1"
@@ -52,6 +60,45 @@ def quiet_environment() -> None:
     os.environ.update(RAY_ENVIRONMENT)
 
 
+def auth_environment(token_path: Path, create: bool) -> dict[str, str]:
+    """Ray's token authentication, on (``RAY_AUTH_MODE=token``; Ray's default is off), with the
+    token in ``token_path``, readable by the daemon's user only. A Ray of the daemon's own
+    (``create``): a random 256-bit token made once and kept, so a restart speaks to the same Ray. A
+    cluster: its token must be there already, copied from the head; nothing is made up."""
+    try:
+        mode = os.lstat(token_path).st_mode
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(
+                f"joining a Ray cluster needs the cluster's token in {token_path} (mode 600): copy the head's there"
+            ) from None
+        _create_token(token_path)
+        mode = os.lstat(token_path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"Ray's token {token_path} is not a regular file; refused")
+    if mode & 0o077:
+        raise ConfigError(f"Ray's token {token_path} may be read by others (mode {stat.S_IMODE(mode):o}): chmod 600 it")
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def _create_token(token_path: Path) -> None:
+    """A new token, never seen half written nor by anyone else: a private temporary file, linked in."""
+    token_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = token_path.with_name(f".{token_path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32))
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temp, token_path)
+        except FileExistsError:
+            pass  # another start made it first: that one is kept
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def init_options(settings: "RayConfig", node_ip_address: str | None = None, **resources: Any) -> dict[str, Any]:
     """``ray.init``'s arguments for ``settings`` (pure). A Ray of this machine's own (no address)
     binds to 127.0.0.1, with ``resources`` (``num_cpus``, ``num_gpus``: tests declare fake GPUs) and
@@ -73,10 +120,15 @@ def init_options(settings: "RayConfig", node_ip_address: str | None = None, **re
     return options
 
 
-def connect(settings: "RayConfig", node_ip_address: str | None = None, **resources: Any) -> Any:
-    """Start (no address) or join Ray on the daemon's terms; the ``ray`` module."""
-    ray = require_ray()
+def connect(settings: "RayConfig", token_path: Path, node_ip_address: str | None = None, **resources: Any) -> Any:
+    """Start (no address) or join Ray on the daemon's terms: no usage statistics, token
+    authentication with the token in ``token_path`` (``state_dir``'s); the ``ray`` module."""
+    # Before Ray is imported: it reads its settings from the environment then, once.
     quiet_environment()
+    os.environ.update(auth_environment(token_path, create=settings.address is None))
+    if settings.address is None:
+        os.environ.update(LOOPBACK_ENVIRONMENT)
+    ray = require_ray()
     ray.init(**init_options(settings, node_ip_address, **resources))
     return ray
 
