@@ -3,6 +3,7 @@ marked ``ray`` run a two-node cluster of fake GPUs (``num_gpus`` declared, no CU
 only, and are skipped without the ray extra."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ def test_ray_never_retries_what_the_database_owns():
 def test_a_ray_of_its_own_binds_to_loopback_without_a_dashboard():
     options = init_options(RayConfig(object_store_memory=100 * MIB), num_cpus=2, num_gpus=None)
     assert options == {
-        "include_dashboard": False, "log_to_driver": False, "_node_ip_address": LOOPBACK,
+        "include_dashboard": False, "log_to_driver": False, "address": "local", "_node_ip_address": LOOPBACK,
         "object_store_memory": 100 * MIB, "num_cpus": 2,
     }
 
@@ -217,3 +218,93 @@ def test_an_actor_that_dies_stays_dead(cluster, tmp_path):
         while time.monotonic() < deadline:  # until Ray has seen it die
             ray.get(actor.where.remote(), timeout=30)
             time.sleep(0.2)
+
+
+# ---- a Ray of the daemon's own: on 127.0.0.1 only, and only for who holds its token ----
+
+LOCAL_RAY = """
+import json, os, subprocess, sys
+from pathlib import Path
+from nst_batch.daemon import actors
+from nst_batch.settings.config import RayConfig
+
+ray = actors.connect(RayConfig(object_store_memory=80 * 2**20), Path(sys.argv[1]), num_cpus=1, num_gpus=0)
+assert ray.get(ray.remote(lambda: 2).remote(), timeout=60) == 2
+address = ray.get_runtime_context().gcs_address
+join = "import ray; ray.init(address=%r, _node_ip_address='127.0.0.1'); print('joined')" % address
+joined = {}
+for who, token in (("stranger", "0" * 64), ("holder", Path(sys.argv[1]).read_text())):
+    env = {**os.environ, "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_AUTH_TOKEN_PATH")
+    done = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True, timeout=90)
+    joined[who] = [done.returncode, "joined" in done.stdout, "InvalidAuthToken" in done.stderr]
+print(json.dumps({"address": address, "listening": sys.modules["__main__"].listening(), "joined": joined}))
+ray.shutdown()
+"""
+
+LISTENING = """
+def listening():
+    \"\"\"The addresses every process of this process's tree listens on (TCP, from /proc).\"\"\"
+    import os
+    children = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    tree, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    sockets = set()
+    for pid in tree:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in open(f"/proc/net/{table}").read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in sockets:  # LISTEN
+                found.append(fields[1].split(":")[0])
+    return found
+"""
+
+
+def _loopback(hex_address: str) -> bool:
+    """An address of /proc/net/tcp{,6} (hex, little-endian words) is 127.0.0.0/8, ::1 or ::ffff:127.x."""
+    if len(hex_address) == 8:
+        return bytes.fromhex(hex_address)[::-1][0] == 127
+    words = [bytes.fromhex(hex_address[i:i + 8])[::-1] for i in range(0, 32, 8)]
+    address = b"".join(words)
+    return address == bytes(15) + b"\x01" or (address[:12] == bytes(10) + b"\xff\xff" and address[12] == 127)
+
+
+@pytest.mark.ray
+def test_a_ray_of_its_own_listens_on_loopback_only_and_refuses_a_stranger(tmp_path):
+    if not actors.ray_installed():
+        pytest.skip("needs the ray extra: pip install 'nst-batch[ray]'")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    script = LISTENING + LOCAL_RAY
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ray-auth-token")], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["address"].startswith("127.0.0.1:")
+    assert report["listening"] and all(_loopback(address) for address in report["listening"]), report
+    assert report["joined"]["stranger"] == [1, False, True], "a driver with another token was not refused for it"
+    assert report["joined"]["holder"] == [0, True, False], "a driver with the token could not join"
+
+
+def test_loopback_reads_addresses_as_proc_net_writes_them():
+    assert _loopback("0100007F") and _loopback("0100007E".replace("7E", "7F"))  # 127.0.0.1
+    assert _loopback("00000000000000000000000001000000")  # ::1
+    assert _loopback("0000000000000000FFFF00000100007F")  # ::ffff:127.0.0.1
+    for outward in ("00000000", "0200C0C0", "00000000000000000000000000000000", "0000000000000000FFFF00000200C0C0"):
+        assert not _loopback(outward)  # 0.0.0.0, 192.192.0.2, ::, ::ffff:192.192.0.2

@@ -107,7 +107,8 @@ def init_options(settings: "RayConfig", node_ip_address: str | None = None, **re
     the cluster's nodes were given their resources at ``ray start``."""
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if settings.address is None:
-        options["_node_ip_address"] = LOOPBACK
+        # "local": always a new Ray of its own; address=None would join whatever Ray this machine runs.
+        options.update(address="local", _node_ip_address=LOOPBACK)
         if settings.object_store_memory is not None:
             options["object_store_memory"] = int(settings.object_store_memory)
         options.update({key: value for key, value in resources.items() if value is not None})
