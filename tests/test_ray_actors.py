@@ -80,6 +80,10 @@ def test_token_authentication_with_a_token_of_its_own(tmp_path):
     assert [p.name for p in token.parent.iterdir()] == ["ray-auth-token"]  # no temporary file left
 
 
+def test_the_token_lives_in_the_state_directory(tmp_path):
+    assert actors.token_path(tmp_path / "state") == tmp_path / "state" / "ray-auth-token"
+
+
 def test_joining_a_cluster_needs_its_token_and_makes_none_up(tmp_path):
     token = tmp_path / "ray-auth-token"
     with pytest.raises(ConfigError, match="needs the cluster's token in .*ray-auth-token"):

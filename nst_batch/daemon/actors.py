@@ -40,6 +40,11 @@ LOOPBACK_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The job database decides retries: Ray restarts no actor and re-runs no call.
 NO_RETRIES = {"max_restarts": 0, "max_task_retries": 0}
 LOOPBACK = "127.0.0.1"
+TOKEN_NAME = "ray-auth-token"  # in state_dir: Ray's token (a cluster's is copied there from its head)
+
+
+def token_path(state_dir: Path) -> Path:
+    return state_dir / TOKEN_NAME
 
 
 def ray_installed() -> bool:
