@@ -30,7 +30,7 @@ work; the queue and its order (priority, then arrival) are one for all of them:
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .scheduler import Active, Batch, Candidate, batches
 
@@ -69,7 +69,6 @@ class _Room:
     slots: int
     load: int  # pieces of work on it, running or started now
     closed: bool = False  # an alone run runs or waits here: nothing more starts on it
-    started: list[Batch] = field(default_factory=list)
 
     @property
     def open(self) -> bool:
@@ -134,5 +133,4 @@ def _start(room: _Room, batch: Batch, placed: list[Placed]) -> None:
     room.free -= batch.need_bytes
     room.slots -= 1
     room.load += 1
-    room.started.append(batch)
     placed.append(Placed(batch, room.device.node, room.device.name))
