@@ -4,10 +4,9 @@ counts are `nst-batch status --json`'s."""
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, make_image
+from daemon_helpers import Daemon, drop_pair
 from prometheus_client.parser import text_string_to_metric_families
 
 from nst_batch.daemon.metrics import Metrics, iterations_per_second
@@ -50,13 +49,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
-    if sidecar is not None:
-        (inbox / f"{name}.yaml").write_text(sidecar)
-    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
-    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, make_image
+from daemon_helpers import Daemon, drop_pair
 from loguru import logger
 
 from nst_batch.cli.main import main
@@ -181,13 +181,6 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
-    if sidecar is not None:
-        (inbox / f"{name}.yaml").write_text(sidecar)
-    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
-    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
 
 
 def control(daemon: Daemon, *args: str) -> None:
