@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from nst_batch.daemon.capacity import MARGIN  # noqa: E402
-from nst_batch.daemon.measure import PeakMeter, probe  # noqa: E402
-from nst_batch.daemon.memory import FORWARD_SHARE, MemoryModel, fit_model, fit_run, run_need  # noqa: E402
+from nst_batch.daemon.capacity import probed_model  # noqa: E402
+from nst_batch.daemon.measure import PeakMeter  # noqa: E402
+from nst_batch.daemon.memory import FORWARD_SHARE, fit_run, run_need  # noqa: E402
 from nst_batch.engine import StyleParams, load_network, stylize  # noqa: E402
 from nst_batch.engine.features import FeatureExtractor  # noqa: E402
 from nst_batch.engine.losses import StyleTransferLoss  # noqa: E402
@@ -134,13 +134,9 @@ def _status(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def _fitted_model(network, device=torch.device("cpu")) -> MemoryModel:
-    return fit_model(probe(network, device, StyleParams()), MemoryModel(margin=MARGIN[device.type]))
-
-
 def big_child(side: int, budget: int, iterations: int, tile: int | None) -> dict:
     network = load_network("vgg19", "random")[0]
-    model = _fitted_model(network)
+    model = probed_model(network, torch.device("cpu"), "vgg19")
     params = StyleParams(image_size=side, optimizer="adam", iterations=iterations, early_stop_tol=0, seed=0)
     untiled = model.peak(run_need(params, (side, side), 1))
     if tile is None:
@@ -171,7 +167,7 @@ def big_child(side: int, budget: int, iterations: int, tile: int | None) -> dict
 def projection(network) -> list[dict]:
     """The largest square side that fits each card, by bisection on the fitted model: whole, and
     with the largest tile that fits (``too_big: tile``), for Adam and L-BFGS (history 100)."""
-    model = _fitted_model(network)
+    model = probed_model(network, torch.device("cpu"), "vgg19")
     rows = []
     for gigabytes in (8, 24, 141):
         budget = int(gigabytes * 1e9 * 0.95)  # the CUDA context and other processes take the rest

@@ -48,6 +48,14 @@ def make_image(path: Path, size: tuple[int, int] = (40, 30), pattern: str = "gra
     return path
 
 
+def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
+    """A content and style pair in the inbox, with a sidecar when given."""
+    if sidecar is not None:
+        (inbox / f"{name}.yaml").write_text(sidecar)
+    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
+    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
+
+
 def image_bytes(size: tuple[int, int] = (40, 30), pattern: str = "noise", seed: int = 0) -> bytes:
     """A PNG's bytes, for writing it in pieces."""
     buffer = io.BytesIO()

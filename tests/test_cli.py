@@ -168,12 +168,12 @@ def test_estimate_one_job_grows_with_the_image_and_reads_the_queue(images, tmp_p
 
 
 def test_tile_auto_picks_the_largest_tile_that_fits_the_budget_or_says_what_would(images, capsys, monkeypatch):
-    from nst_batch.cli import oneshot
+    from nst_batch.daemon import capacity
     from nst_batch.daemon.capacity import MARGIN
     from nst_batch.daemon.memory import MemoryModel, run_need
     from nst_batch.engine import StyleParams
 
-    monkeypatch.setattr(oneshot, "probe", lambda *args: [])  # the model's prior, not this machine's probes
+    monkeypatch.setattr(capacity, "probe", lambda *args: [])  # the model's prior, not this machine's probes
     shallow = {"content_layers": "relu2_1", "style_layers": "relu1_1,relu2_1"}
     base = ("--content", str(images / "content.png"), "--style", str(images / "style.jpg"), "--iterations", "1",
             "--image-size", "192", "--optimizer", "adam", "--tile", "auto",

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from daemon_helpers import Daemon, make_image, wait_for
+from daemon_helpers import Daemon, drop_pair, make_image, wait_for
 
 from nst_batch.cli.main import main
 from nst_batch.daemon.control import cancel_refusal, parse_ref, pick, resolve
@@ -23,13 +22,6 @@ from nst_batch.engine import StyleParams
 from nst_batch.results.report import JobStatus, RunStatus, job_ending
 from nst_batch.settings.config import Config
 from nst_batch.util.errors import InputError
-
-
-def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
-    if sidecar is not None:
-        (inbox / f"{name}.yaml").write_text(sidecar)
-    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
-    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
 
 
 def cli(daemon: Daemon, capsys, *args: str) -> tuple[int, str, str]:

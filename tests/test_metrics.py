@@ -4,13 +4,14 @@ counts are `nst-batch status --json`'s."""
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, make_image
+from daemon_helpers import Daemon, drop_pair
 from prometheus_client.parser import text_string_to_metric_families
 
-from nst_batch.daemon.metrics import iterations_per_second
+from nst_batch.daemon.metrics import Metrics, iterations_per_second
+from nst_batch.daemon.store import Store
+from nst_batch.settings.config import MetricsConfig
 
 
 def test_iterations_per_second_counts_each_runs_progress_between_two_looks():
@@ -28,17 +29,26 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
+def test_notification_failures_are_a_counter_that_follows_the_notifiers_count(tmp_path):
+    failures = [0]
+    store = Store(tmp_path / "state")
+    textfile = tmp_path / "nst-batch.prom"
+    metrics = Metrics(MetricsConfig(textfile=textfile), store, lambda: 1, notification_failures=lambda: failures[0])
+    seen = []
+    for count in (0, 3, 3, 7):
+        failures[0] = count
+        metrics.tick(force=True)
+        text = textfile.read_text()
+        assert "# TYPE nst_batch_notification_failures_total counter" in text
+        seen.append(samples(text)[("nst_batch_notification_failures_total", ())])
+    assert seen == [0, 3, 3, 7]
+    store.close()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
-    if sidecar is not None:
-        (inbox / f"{name}.yaml").write_text(sidecar)
-    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
-    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
 
 
 @pytest.mark.slow
@@ -68,7 +78,7 @@ def test_the_metrics_file_parses_and_its_counts_match_status(daemon_factory):
     assert values[("nst_batch_out_of_memory_retries_total", ())] == 0
     assert values[("nst_batch_memory_budget_bytes", ())] > 0
     for name in ("nst_batch_iterations_per_second", "nst_batch_memory_predicted_bytes", "nst_batch_repairs_total",
-                 "nst_batch_memory_measured_peak_bytes", "nst_batch_notification_failures", "nst_batch_paused"):
+                 "nst_batch_memory_measured_peak_bytes", "nst_batch_notification_failures_total", "nst_batch_paused"):
         assert (name, ()) in values, name
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:

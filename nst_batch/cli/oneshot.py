@@ -8,9 +8,9 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from ..daemon.capacity import MARGIN
-from ..daemon.measure import free_bytes, probe
-from ..daemon.memory import MemoryModel, fit_model, fit_run
+from ..daemon.capacity import probed_model
+from ..daemon.measure import free_bytes
+from ..daemon.memory import fit_run
 from ..engine import Network, Progress, Result, StyleParams, resolve_device, stylize
 from ..results.reel import FrameReel
 from ..results.result import gif_frame_every, write_result
@@ -102,7 +102,7 @@ def _fit_tile(
     """``--tile auto``: the daemon's memory model, fitted to two short probe runs on this device,
     picks the largest tile that fits the budget; an image that fits whole is not tiled."""
     budget = job.scheduler.budget(free_bytes(device))
-    model = fit_model(probe(network, device, StyleParams(backbone=params.backbone)), MemoryModel(margin=MARGIN[device.type]))
+    model = probed_model(network, device, params.backbone)
     size = (content.shape[-1], content.shape[-2])
     fit = fit_run(params.with_overrides({"tile": None}), size, n_styles, model, budget, "tile")
     if fit.params is None:

@@ -23,6 +23,11 @@ BATCH = {"cuda": 8, "cpu": 1}
 MARGIN = {"cuda": 0.10, "cpu": 0.25}
 
 
+def probed_model(network: Network, device: torch.device, backbone: str) -> MemoryModel:
+    """The model fitted to fresh probe runs alone, without a job database (``nst-batch run --tile auto``)."""
+    return fit_model(probe(network, device, StyleParams(backbone=backbone)), MemoryModel(margin=MARGIN[device.type]))
+
+
 class Capacity:
     def __init__(self, config: Config, device: torch.device):
         self.config = config

@@ -120,7 +120,7 @@ def run_need(params: StyleParams, content_size: tuple[int, int], n_styles: int) 
         return Need(exact, activations, height, width)
     crop = tiling.largest_crop(height, width)
     activations = FLOAT_BYTES * activation_elements(params.backbone, deepest, *crop)
-    rows, cols = (Counter(s.crop_stop - s.crop_start for s in tiling.spans(n)) for n in (height, width))
+    rows, cols = (Counter(s.crop_length for s in tiling.spans(n)) for n in (height, width))
     work = sum(m * n * activation_elements(params.backbone, deepest, h, w) for h, m in rows.items() for w, n in cols.items())
     return Need(exact, activations, height, width, int(FLOAT_BYTES * work * (1 + FORWARD_SHARE)))
 
@@ -302,8 +302,7 @@ def _tiles(params: StyleParams, content_size: tuple[int, int]) -> list[int]:
     the work (a sidecar's ``tile`` may still ask for one)."""
     width, height = content_size if all(content_size) else (1, 1)
     long_side = max(fit_long_side(height, width, params.image_size))
-    layers = (*params.content_layer_names, *params.style_layer_names)
-    tiling = Tiling.for_layers(params.backbone, layers, None)
+    tiling = Tiling.of(params)  # its halo and stride: they do not depend on the tile
     steps = -(-long_side // tiling.align)  # the long side in strides
     tiles = {tiling.align * -(-steps // n) for n in range(2, steps + 1)}
     return sorted((tile for tile in tiles if tile >= max(MIN_TILE, 2 * tiling.halo)), reverse=True)

@@ -57,9 +57,8 @@ class Metrics:
         self.oom = Counter("nst_batch_out_of_memory_retries", "Runs that ran out of memory (retried alone)", registry=r)
         self.repairs = Counter("nst_batch_repairs", "Repairs of a run's optimization (rising, non-finite, stalled loss)", registry=r)
         self.unusable = Counter("nst_batch_unusable_results", "Results that were no picture and were tried again", registry=r)
-        self.notify_failed = Gauge(
-            "nst_batch_notification_failures", "Notification tries that failed since the daemon started", registry=r
-        )
+        self.notify_failed = Counter("nst_batch_notification_failures", "Notification tries that failed", registry=r)
+        self._notify_failed_seen = 0  # the notifier's count the counter has
         self._progress: dict[int, tuple[int, float]] = {}
         self._due = 0.0
         self._server = None
@@ -130,4 +129,6 @@ class Metrics:
         self.paused.set(0 if self.store.pause() == Pause.OFF else 1)
         self.predicted.set(sum(work.need_bytes for work in active))
         self.budget_bytes.set(self.budget())
-        self.notify_failed.set(self.notification_failures())
+        failures = self.notification_failures()  # the notifier's thread counts; the counter follows here
+        self.notify_failed.inc(max(0, failures - self._notify_failed_seen))
+        self._notify_failed_seen = max(failures, self._notify_failed_seen)

@@ -48,6 +48,10 @@ class Span:
         """The interior's feature positions, in the whole image's features."""
         return slice(self.start // stride, None if self.last else self.stop // stride)
 
+    @property
+    def crop_length(self) -> int:
+        return self.crop_stop - self.crop_start
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -62,10 +66,6 @@ class Tile:
 
     def region(self, stride: int) -> tuple[slice, slice]:
         return self.rows.region(stride), self.cols.region(stride)
-
-    @property
-    def crop_pixels(self) -> int:
-        return (self.rows.crop_stop - self.rows.crop_start) * (self.cols.crop_stop - self.cols.crop_start)
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,7 @@ class Tiling:
 
     def largest_crop(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the largest crop: what one pass with autograd holds at a time."""
-        rows, cols = self.spans(height), self.spans(width)
-        return max(s.crop_stop - s.crop_start for s in rows), max(s.crop_stop - s.crop_start for s in cols)
+        return max(s.crop_length for s in self.spans(height)), max(s.crop_length for s in self.spans(width))
 
     def features(self, extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The whole image's features at ``layers``, put together from the tiles' interiors (no autograd)."""
@@ -126,12 +125,11 @@ class Tiling:
             # The last tile's interior ends the whole image's features: their size is known from it.
             whole = {}
             for name in layers:
-                stride, part = self.strides[name], last.interior(features[name], self.strides[name])
-                rows, cols = last.region(stride)
+                part = last.interior(features[name], self.strides[name])
+                rows, cols = last.region(self.strides[name])
                 whole[name] = part.new_empty((*part.shape[:-2], rows.start + part.shape[-2], cols.start + part.shape[-1]))
             for tile in (last, *others):
-                if tile is not last:
-                    features = extractor(tile.crop(image))
+                features = features if tile is last else extractor(tile.crop(image))
                 for name in layers:
                     whole[name][(..., *tile.region(self.strides[name]))] = tile.interior(features[name], self.strides[name])
             return whole

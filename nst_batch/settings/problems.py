@@ -4,9 +4,9 @@ becomes one line ``<file>: <key.path>: <what is wrong>``, with a guess at a miss
 import re
 from collections.abc import Collection, Mapping, Sequence
 from difflib import get_close_matches
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 
 
@@ -83,6 +83,27 @@ def _model_at(model: type[BaseModel] | None, loc: Sequence[str | int]) -> type[B
     return model
 
 
+def _holds_secret(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, (SecretStr, SecretBytes)):
+        return True
+    return any(_holds_secret(arg) for arg in get_args(annotation))
+
+
+def _secret_at(model: type[BaseModel] | None, loc: Sequence[str | int]) -> bool:
+    """Whether the value at ``loc`` may hold a secret, so is never shown: it is, or is inside, a
+    secret field (``SecretStr``, e.g. ``notify.urls``), or it stands for a section that has one
+    (``notify: json://user:token@host``)."""
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            return False
+        if _holds_secret(field.annotation):
+            return True
+        inner = [field.annotation, *get_args(field.annotation)]
+        model = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return bool(loc) and model is not None and any(_holds_secret(f.annotation) for f in model.model_fields.values())
+
+
 def _value_at(data: Any, loc: Sequence[str | int]) -> Any:
     for part in loc:
         if isinstance(data, Mapping):
@@ -117,7 +138,8 @@ def _guess_key(message: str, given: Mapping[str, Any]) -> str | None:
 
 def _describe(error: ErrorDetails, model: type[BaseModel] | None, loc: tuple[str | int, ...]) -> str:
     kind, ctx = error["type"], error.get("ctx", {})
-    got = f", got {show(error.get('input'))}"
+    secret = _secret_at(model, loc)
+    got = " (the value is not shown: it may hold a secret)" if secret else f", got {show(error.get('input'))}"
     if kind == "extra_forbidden":
         keys_here = _model_at(model, loc[:-1])
         return unknown_key_message(loc[-1], list(keys_here.model_fields) if keys_here else [])
@@ -129,7 +151,8 @@ def _describe(error: ErrorDetails, model: type[BaseModel] | None, loc: tuple[str
         return f"must be {operator} {int(limit) if float(limit).is_integer() else limit}{got}"
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-        return f"must be one of {', '.join(allowed)}{got}{did_you_mean(error.get('input'), allowed)}"
+        guess = "" if secret else did_you_mean(error.get("input"), allowed)
+        return f"must be one of {', '.join(allowed)}{got}{guess}"
     if kind in ("value_error", "assertion_error"):
         return re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
     if kind in ("too_short", "too_long"):
