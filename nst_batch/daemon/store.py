@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done
     answer TEXT,                        -- what it did, in one line
     refused INTEGER NOT NULL DEFAULT 0  -- 1: it changed nothing (the command line exits 2)
 );
+CREATE TABLE IF NOT EXISTS devices (     -- the ray executor's devices, as it last saw them (for `nst-batch status`)
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,                -- DeviceState
+    budget_bytes INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (node, name)
+);
 CREATE INDEX IF NOT EXISTS requests_pending ON requests(handled);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
@@ -234,6 +242,21 @@ def _request(row: sqlite3.Row) -> Request:
     return Request(**data)
 
 
+class DeviceState(str, Enum):
+    STARTING = "starting"  # its actor waits for Ray to give it a device, or loads the network
+    READY = "ready"
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device of the ray executor, for ``nst-batch status``."""
+
+    node: str
+    name: str
+    state: DeviceState
+    budget_bytes: int = 0
+
+
 def _run(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
     data["status"] = RunStatus(data["status"])
@@ -363,6 +386,20 @@ class Store:
 
     def set_pause(self, pause: Pause) -> None:
         self.set_control("pause", pause.value)
+
+    def set_devices(self, devices: list["DeviceRecord"]) -> None:
+        """The executor's devices as they are now (the threads executor records none)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM devices")
+            db.executemany(
+                "INSERT INTO devices (node, name, state, budget_bytes, updated) VALUES (?, ?, ?, ?, ?)",
+                [(d.node, d.name, d.state, d.budget_bytes, now) for d in devices],
+            )
+
+    def devices(self) -> list["DeviceRecord"]:
+        rows = self.db.execute("SELECT * FROM devices ORDER BY node, name")
+        return [DeviceRecord(r["node"], r["name"], DeviceState(r["state"]), r["budget_bytes"]) for r in rows]
 
     def control(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM control WHERE key=?", (key,)).fetchone()

@@ -6,16 +6,23 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from contextlib import closing
 
 import pytest
+import torch
+from daemon_helpers import Daemon, drop_pair
 
 from nst_batch.daemon import actors
 from nst_batch.daemon.actors import LOOPBACK, actor_options, init_options, start_actors
+from nst_batch.daemon.runner import Runner
+from nst_batch.daemon.service import Service
 from nst_batch.daemon.shipping import Parcel
-from nst_batch.settings.config import RayConfig
+from nst_batch.settings.config import RayConfig, load_config
 from nst_batch.util.errors import ConfigError, InputError
 
 MIB = 2**20
@@ -29,7 +36,7 @@ def test_ray_never_retries_what_the_database_owns():
         options = actor_options(kind)
         assert options["max_restarts"] == 0 and options["max_task_retries"] == 0
     assert actor_options("cuda")["num_gpus"] == 1 and actor_options("cuda")["num_cpus"] == 0
-    assert actor_options("cpu") == {"max_restarts": 0, "max_task_retries": 0, "num_cpus": 1}
+    assert actor_options("cpu") == {"max_restarts": 0, "max_task_retries": 0, "num_cpus": 1, "max_concurrency": 16}
     with pytest.raises(ValueError):
         actor_options("cuda:1")
 
@@ -141,7 +148,8 @@ ENVIRONMENT = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def loopback_cluster(tmp_path_factory):
+    """A head without devices, where this process is the driver, and two nodes of two fake GPUs."""
     if not actors.ray_installed():
         pytest.skip("needs the ray extra: pip install 'nst-batch[ray]'")
     saved = {key: os.environ.get(key) for key in ENVIRONMENT}
@@ -152,15 +160,20 @@ def cluster(tmp_path_factory):
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FaultyRunner, in the actors' processes
     was = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
-    node = {"num_cpus": 1, "num_gpus": 2, "node_ip_address": LOOPBACK, "object_store_memory": 80 * MIB}
-    made = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    common = {"node_ip_address": LOOPBACK, "object_store_memory": 80 * MIB}
+    # A node that is gone is known within about a second.
+    health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 2}
+    made = Cluster(initialize_head=True, head_node_args={
+        **common, "num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "_system_config": health,
+    })
     try:
-        made.add_node(**node)
+        nodes = {name: made.add_node(**common, num_cpus=1, num_gpus=2, node_name=name) for name in ("node-a", "node-b")}
         made.wait_for_nodes()
         actors.connect(RayConfig(address=made.address), token, node_ip_address=LOOPBACK)
-        yield ray
+        yield ray, made, nodes
     finally:
         ray.shutdown()
         made.shutdown()
@@ -170,6 +183,11 @@ def cluster(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture()
+def cluster(loopback_cluster):
+    return loopback_cluster[0]
 
 
 @pytest.mark.ray
@@ -182,7 +200,7 @@ def test_four_actors_on_four_devices_and_a_fifth_waits(cluster, tmp_path):
         assert len(ready) == 4, "four actors did not start"
         places = ray.get(ready)
         assert len({(where.node, where.gpu_ids) for where in places}) == 4
-        assert len({where.node for where in places}) == 2
+        assert {where.node_name for where in places} == {"node-a", "node-b"}
         for where in places:
             assert len(where.gpu_ids) == 1 and where.cuda_visible_devices == where.gpu_ids[0]
         ready_late, _ = ray.wait(waiting, timeout=2)
@@ -236,12 +254,16 @@ ray = actors.connect(RayConfig(object_store_memory=80 * 2**20), Path(sys.argv[1]
 assert ray.get(ray.remote(lambda: 2).remote(), timeout=60) == 2
 address = ray.get_runtime_context().gcs_address
 join = "import ray; ray.init(address=%r, _node_ip_address='127.0.0.1'); print('joined')" % address
-joined = {}
-for who, token in (("stranger", "0" * 64), ("holder", Path(sys.argv[1]).read_text())):
+drivers = {}
+for who, token in (("stranger", "0" * 64), ("holder", Path(sys.argv[1]).read_text())):  # side by side
     env = {**os.environ, "RAY_AUTH_TOKEN": token}
     env.pop("RAY_AUTH_TOKEN_PATH")
-    done = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True, timeout=90)
-    joined[who] = [done.returncode, "joined" in done.stdout, "InvalidAuthToken" in done.stderr]
+    drivers[who] = subprocess.Popen([sys.executable, "-c", join], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+joined = {}
+for who, driver in drivers.items():
+    out, err = driver.communicate(timeout=90)
+    joined[who] = [driver.returncode, "joined" in out, "InvalidAuthToken" in err]
 print(json.dumps({"address": address, "listening": sys.modules["__main__"].listening(), "joined": joined}))
 ray.shutdown()
 """
@@ -312,3 +334,155 @@ def test_loopback_reads_addresses_as_proc_net_writes_them():
     assert _loopback("0000000000000000FFFF00000100007F")  # ::ffff:127.0.0.1
     for outward in ("00000000", "0200C0C0", "00000000000000000000000000000000", "0000000000000000FFFF00000200C0C0"):
         assert not _loopback(outward)  # 0.0.0.0, 192.192.0.2, ::, ::ffff:192.192.0.2
+
+
+# ---- the daemon on the loopback cluster: its real main loop, actors running real (tiny) CPU work ----
+
+
+class FaultyRunner(Runner):
+    """A runner whose run named ``oom`` runs out of memory, and whose run named ``exit`` ends its
+    actor's process, each once (a marker beside the state folder remembers, whatever the node)."""
+
+    def run_batch(self, runs, stop, store):
+        for _, run in runs:
+            if run.label in ("oom", "exit"):
+                marker = self.folders.state.parents[1] / f"fault-{run.label}"  # the actor's state/nodes/NODE
+                if not marker.exists():
+                    marker.touch()
+                    if run.label == "exit":
+                        os._exit(3)
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return super().run_batch(runs, stop, store)
+
+
+def ray_service(root, runner=None, **settings) -> Service:
+    """A daemon of ray executor on ``root`` (on the cluster this process is connected to)."""
+    settings = {"executor": "ray", "device": "auto", "ray": {"devices": 4}, "scheduler": {"calibrate": False}, **settings}
+    daemon = Daemon(root, **settings)
+    return Service(load_config(daemon.config), actor_runner=runner)
+
+
+def serve_until(service: Service, condition, timeout: float, stop=None) -> None:
+    """The daemon's main loop, in this (the main) thread, until ``condition(store)``; then
+    ``stop()`` (a SIGTERM to this process, say), else a stop request."""
+
+    met = []
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        with closing(sqlite3.connect(service.folders.state / "jobs.sqlite3", timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            while not service.stop.is_set():
+                if condition(db):
+                    met.append(True)
+                if met or time.monotonic() > deadline:
+                    (stop or service.request_stop)()
+                    return
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert service.serve() == 0
+    watcher.join()
+    assert met, f"timed out after {timeout:g} s"
+
+
+def jobs_ended(count: int):
+    return lambda db: db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('done', 'failed')").fetchone()[0] >= count
+
+
+def runs_of(service: Service) -> list:
+    return [service.store.run(r) for (r,) in service.store.db.execute("SELECT id FROM runs ORDER BY id")]
+
+
+@pytest.mark.ray
+def test_eight_jobs_through_two_nodes_of_two_devices_each_are_done_once_each_on_every_device(cluster, tmp_path):
+    # A fifth device waits (there are four); one run at a time on each, never batched.
+    settings = {"ray": {"devices": 5}, "scheduler": {"calibrate": False, "max_concurrent": 1, "max_batch": 1}}
+    with ray_service(tmp_path, **settings) as service:
+        dropped = []
+
+        def once_four_are_ready_drop_eight(db):
+            states = sorted(row["state"] for row in db.execute("SELECT state FROM devices"))
+            if states == ["ready"] * 4 + ["starting"] and not dropped:
+                for i in range(8):
+                    drop_pair(service.config.inbox, f"pair{i}", seed=i)
+                dropped.append(True)
+            return jobs_ended(8)(db)
+
+        serve_until(service, once_four_are_ready_drop_eight, timeout=150)
+        assert dropped, "the status never showed four devices ready and a fifth waiting"
+        runs = runs_of(service)
+    assert len(runs) == 8 and all(r.status == "done" and r.attempts == 1 for r in runs)
+    assert {(r.node, r.device) for r in runs} == {(n, f"gpu:{g}") for n in ("node-a", "node-b") for g in (0, 1)}
+    folders = sorted(p.name for p in service.config.outbox.iterdir() if (p / "job.json").exists())
+    assert folders == [f"pair{i}" for i in range(8)]  # one folder each: nothing published twice
+    reports = [json.loads((service.config.outbox / name / "job.json").read_text()) for name in folders]
+    assert {(r["results"][0]["node"], r["results"][0]["device"]) for r in reports} == {(r.node, r.device) for r in runs}
+    assert all(r["status"] == "done" and r["results"][0]["attempts"] == 1 for r in reports)
+    log = (service.config.outbox / "pair0" / "log.txt").read_text()
+    assert "[node-" in log and "starting (3 iterations on cpu)" in log  # the actor's own lines, where they ran
+
+
+@pytest.mark.ray
+def test_sigterm_checkpoints_on_the_node_and_the_restart_resumes_there_at_its_iteration(cluster, tmp_path):
+    long = {"defaults": {"image_size": 32, "iterations": 150, "seed": 0}, "ray": {"devices": 1}}
+    with ray_service(tmp_path, **long) as service:
+        drop_pair(service.config.inbox, "long")
+        at_20 = lambda db: db.execute("SELECT MAX(iteration) FROM runs").fetchone()[0] or 0  # noqa: E731
+        serve_until(service, lambda db: at_20(db) >= 20, timeout=90, stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        (run,) = runs_of(service)
+        assert run.status == "queued" and run.iteration >= 20
+        checkpoints = list((service.folders.state / "nodes").glob("node-*/checkpoints/*"))
+        assert [p.parent.parent.name for p in checkpoints] == [run.node]
+    with ray_service(tmp_path, **long) as again:
+        serve_until(again, jobs_ended(1), timeout=120)
+        (resumed,) = runs_of(again)
+    assert resumed.status == "done" and resumed.node == run.node and resumed.attempts == 1  # a stop is no attempt
+    log = (again.config.outbox / "long" / "log.txt").read_text()
+    (line,) = [line for line in log.splitlines() if "resuming from iteration" in line]
+    assert int(line.rsplit(" ", 1)[1]) >= run.iteration - 5  # checkpoint_every: 5
+    assert not list((again.folders.state / "nodes").glob("*/checkpoints/*"))  # forgotten once done
+
+
+@pytest.mark.ray
+def test_an_out_of_memory_retries_alone_and_an_actor_that_exits_is_replaced_and_its_run_queued_again(cluster, tmp_path):
+    one_at_a_time = {"calibrate": False, "max_concurrent": 1, "max_batch": 1}
+    with ray_service(tmp_path, FaultyRunner, ray={"devices": 2}, scheduler=one_at_a_time) as service:
+        for name in ("oom", "exit", "fine"):
+            drop_pair(service.config.inbox, name)
+        two_ready = lambda db: db.execute("SELECT COUNT(*) FROM devices WHERE state='ready'").fetchone()[0] == 2  # noqa: E731
+        serve_until(service, lambda db: jobs_ended(3)(db) and two_ready(db), timeout=150)  # the lost one replaced
+        runs = {r.label: r for r in runs_of(service)}
+        devices = service.store.devices()
+    assert {label: (r.status, r.attempts) for label, r in runs.items()} == {
+        "oom": ("done", 2), "exit": ("done", 2), "fine": ("done", 1)
+    }
+    assert runs["oom"].alone and not runs["exit"].alone
+    log = {name: (service.config.outbox / name / "log.txt").read_text() for name in runs}
+    assert "out of memory" in log["oom"]
+    assert "its actor on node-" in log["exit"] and "died" in log["exit"] and "queued again" in log["exit"]
+    assert len(devices) == 0  # the daemon let go of its actors when it stopped
+
+
+@pytest.mark.ray
+def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in_one_folder(loopback_cluster, tmp_path):
+    _, made, nodes = loopback_cluster
+    long = {"defaults": {"image_size": 32, "iterations": 100, "seed": 0}}
+    with ray_service(tmp_path, **long) as service:
+        drop_pair(service.config.inbox, "moving")
+        gone = []
+
+        def remove_its_node(db):
+            row = db.execute("SELECT node, iteration FROM runs").fetchone()
+            if row is not None and row["node"] and (row["iteration"] or 0) >= 10 and not gone:
+                gone.append(row["node"])
+                made.remove_node(nodes[row["node"]], allow_graceful=False)
+            return jobs_ended(1)(db)
+
+        serve_until(service, remove_its_node, timeout=150)
+        (run,) = runs_of(service)
+    assert gone and run.status == "done" and run.attempts == 2 and run.node != gone[0]
+    assert [p.name for p in service.config.outbox.iterdir() if (p / "job.json").exists()] == ["moving"]
+    log = (service.config.outbox / "moving" / "log.txt").read_text()
+    assert f"its actor on {gone[0]} gpu:" in log and log.count("starting (100 iterations") == 2
