@@ -17,6 +17,8 @@ it is given and owns nothing durable but its node's checkpoints.
 """
 
 import itertools
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -86,10 +88,12 @@ class RayWorkers(Workers):
 
     def open(self, config: Config, capacity: Capacity, store: Store) -> str:
         """Start or join Ray, start an actor per device, and wait for the first to be ready."""
-        ray = actors.require_ray()
-        self._owned = not ray.is_initialized()
+        ray = sys.modules.get("ray")  # not imported before connect(): Ray reads its settings when it is
+        self._owned = ray is None or not ray.is_initialized()
         if self._owned:
-            actors.connect(config.ray, actors.token_path(self.folders.state))
+            resources = {"num_cpus": max(os.cpu_count() or 1, config.ray.devices or 0)} if self.kind == "cpu" else {}
+            ray = actors.connect(config.ray, actors.token_path(self.folders.state),
+                                 **(resources if config.ray.address is None else {}))
         self.ray = ray
         count = config.ray.devices or int(ray.cluster_resources().get("GPU", 0))
         if count < 1:

@@ -7,8 +7,8 @@ A claimed file is checked against the digest its job recorded when it was claime
 changed on the daemon's disk since, or damaged on the way, is refused (``InputError``: the run
 fails with the reason, as for any unusable input). A style of the library has no recorded digest:
 it is checked against the one the daemon took when it packed it, which catches damage on the way.
-Only bare names travel, and ``styles/NAME`` for the library: nothing can be written outside the
-node-local folder.
+Only names inside the job's folder travel (a file, or a folder job's ``FOLDER/NAME``), and
+``styles/NAME`` for the library: nothing can be written outside the node-local folder.
 """
 
 import hashlib
@@ -95,8 +95,14 @@ def local_input_path(root: Path) -> Callable[[int, str], Path]:
 
 
 def check_ref(ref: str) -> str:
-    """``ref`` if it is a bare file name or ``styles/NAME``; else InputError (nothing outside the folder)."""
-    name = ref.removeprefix(LIBRARY_PREFIX)
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or unsafe_name(name):
-        raise InputError(f"{ref!r} is not a bare file name (or styles/NAME); refused")
+    """``ref`` if it names a file inside the job's folder (``NAME``, or ``FOLDER/NAME`` for a folder
+    job's photo) or ``styles/NAME``; else InputError: nothing is written outside the node's folder."""
+    library = ref.startswith(LIBRARY_PREFIX)
+    parts = ref.removeprefix(LIBRARY_PREFIX).split("/")
+    if (library and len(parts) != 1) or not all(_plain(part) for part in parts):
+        raise InputError(f"{ref!r} is not a file name inside the job's folder (or styles/NAME); refused")
     return ref
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "\\" not in name and "\0" not in name and not unsafe_name(name)
