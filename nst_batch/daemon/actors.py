@@ -7,7 +7,8 @@ network once, measures its device's budget, and runs what it is given: the runs'
 inputs as bytes (``shipping``, checked and written node-local), with results, loss histories and
 log lines coming back as the call's value. Progress and stop requests travel by ``report``, which
 the daemon calls about every second for each piece of work. Checkpoints stay in the node's own
-folder (``state_dir/nodes/NODE``), so a run resumes only on its node.
+folder (``state_dir/nodes/NODE``), so a run resumes only on its node; inputs are kept, while a
+run needs them, in the actor's own folder there.
 
 - **Ray never retries.** Actors are created with ``max_restarts=0`` and ``max_task_retries=0``: the
   job database owns attempts, so Ray never re-runs anything the database does not know of. A dead
@@ -259,7 +260,8 @@ class DeviceActor:
         config = config.model_copy(update={"state_dir": node_root})
         folders = Folders(config)
         folders.checkpoints.mkdir(parents=True, exist_ok=True)
-        self._inputs = node_root / "inputs"
+        # The actor's own: another actor of the node may be done with the same job's inputs meanwhile.
+        self._inputs = node_root / "inputs" / f"actor-{self.slot}"
         self.runner = (self._runner_type or Runner)(config, folders, local_input_path(self._inputs))
         tuning.apply(config.performance, self.runner.device)
         self.runner.network(config.defaults.backbone)
