@@ -5,6 +5,7 @@ only, and are skipped without the ray extra."""
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,10 +13,11 @@ import sys
 import threading
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import torch
-from daemon_helpers import Daemon, drop_pair
+from daemon_helpers import Daemon, drop_pair, wait_for
 
 from nst_batch.daemon import actors
 from nst_batch.daemon.actors import LOOPBACK, actor_options, init_options, start_actors
@@ -138,6 +140,26 @@ def test_connect_sets_the_environment_before_ray_reads_it(tmp_path, monkeypatch,
     assert fake.options.get("_node_ip_address") == (LOOPBACK if address is None else None)
 
 
+def test_connect_keeps_the_daemons_sigterm_handler_which_ray_init_replaces(tmp_path, monkeypatch):
+    class RayThatTakesSigterm(FakeRay):
+        def init(self, **options):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as ray.init does
+
+    monkeypatch.setattr(actors, "require_ray", RayThatTakesSigterm)
+    for key in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", *actors.LOOPBACK_ENVIRONMENT):
+        monkeypatch.delenv(key, raising=False)
+
+    def daemons(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, daemons)
+    try:
+        actors.connect(RayConfig(), tmp_path / "ray-auth-token")
+        assert signal.getsignal(signal.SIGTERM) is daemons
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 # ---- a loopback cluster of two nodes with two fake GPUs each, token authentication on ----
 
 # Joining a cluster at 127.0.0.1:PORT, Ray swaps the loopback address for this machine's own, which
@@ -244,48 +266,29 @@ def test_an_actor_that_dies_stays_dead(cluster, tmp_path):
 
 # ---- a Ray of the daemon's own: on 127.0.0.1 only, and only for who holds its token ----
 
-LOCAL_RAY = """
-import json, os, subprocess, sys
-from pathlib import Path
-from nst_batch.daemon import actors
-from nst_batch.settings.config import RayConfig
+JOIN = "import ray, sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1'); print('joined')"
 
-ray = actors.connect(RayConfig(object_store_memory=80 * 2**20), Path(sys.argv[1]), num_cpus=1, num_gpus=0)
-assert ray.get(ray.remote(lambda: 2).remote(), timeout=60) == 2
-address = ray.get_runtime_context().gcs_address
-join = "import ray; ray.init(address=%r, _node_ip_address='127.0.0.1'); print('joined')" % address
-drivers = {}
-for who, token in (("stranger", "0" * 64), ("holder", Path(sys.argv[1]).read_text())):  # side by side
-    env = {**os.environ, "RAY_AUTH_TOKEN": token}
-    env.pop("RAY_AUTH_TOKEN_PATH")
-    drivers[who] = subprocess.Popen([sys.executable, "-c", join], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-joined = {}
-for who, driver in drivers.items():
-    out, err = driver.communicate(timeout=90)
-    joined[who] = [driver.returncode, "joined" in out, "InvalidAuthToken" in err]
-print(json.dumps({"address": address, "listening": sys.modules["__main__"].listening(), "joined": joined}))
-ray.shutdown()
-"""
 
-LISTENING = """
-def listening():
-    \"\"\"The addresses every process of this process's tree listens on (TCP, from /proc).\"\"\"
-    import os
-    children = {}
+def process_tree(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
         children.setdefault(ppid, []).append(int(pid))
-    tree, todo = set(), [os.getpid()]
+    tree, todo = set(), [root]
     while todo:
         pid = todo.pop()
         tree.add(pid)
         todo += children.get(pid, [])
+    return tree
+
+
+def listening(pids: set[int]) -> list[str]:
+    """The addresses the processes ``pids`` listen on (TCP, from /proc), as /proc/net writes them."""
     sockets = set()
-    for pid in tree:
+    for pid in pids:
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -300,7 +303,6 @@ def listening():
             if fields[3] == "0A" and fields[9] in sockets:  # LISTEN
                 found.append(fields[1].split(":")[0])
     return found
-"""
 
 
 def _loopback(hex_address: str) -> bool:
@@ -313,19 +315,31 @@ def _loopback(hex_address: str) -> bool:
 
 
 @pytest.mark.ray
-def test_a_ray_of_its_own_listens_on_loopback_only_and_refuses_a_stranger(tmp_path):
+def test_a_daemon_with_a_ray_of_its_own_serves_on_loopback_only_refuses_a_stranger_and_stops_on_sigterm(
+    daemon_factory, monkeypatch
+):
     if not actors.ray_installed():
         pytest.skip("needs the ray extra: pip install 'nst-batch[ray]'")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-    script = LISTENING + LOCAL_RAY
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ray-auth-token")], env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["address"].startswith("127.0.0.1:")
-    assert report["listening"] and all(_loopback(address) for address in report["listening"]), report
-    assert report["joined"]["stranger"] == [1, False, True], "a driver with another token was not refused for it"
-    assert report["joined"]["holder"] == [0, True, False], "a driver with the token could not join"
+    for key in [key for key in os.environ if key.startswith("RAY_")]:  # the loopback cluster's, for this process
+        monkeypatch.delenv(key)
+    daemon = daemon_factory(executor="ray", ray={"devices": 1}, scheduler={"calibrate": False})  # device: cpu
+    daemon.start()
+    drop_pair(daemon.inbox, "own")
+    published = daemon.wait_published("own")["own"]
+    assert published["status"] == "done" and published["results"][0]["device"] == "cpu:0"
+    token = daemon.state / "ray-auth-token"
+    assert len(token.read_text()) == 64 and token.stat().st_mode & 0o777 == 0o600
+    (address,) = re.findall(r"a Ray of its own at (127\.0\.0\.1:\d+)", daemon.log())
+    ray_processes = process_tree(daemon.process.pid) - {daemon.process.pid}
+    addresses = listening(ray_processes | {daemon.process.pid})
+    assert ray_processes and addresses and all(_loopback(a) for a in addresses), addresses
+    stranger = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True, timeout=90,
+                              env={**os.environ, **actors.LOOPBACK_ENVIRONMENT, "RAY_AUTH_MODE": "token",
+                                   "RAY_AUTH_TOKEN": "0" * 64, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert stranger.returncode != 0 and "joined" not in stranger.stdout and "InvalidAuthToken" in stranger.stderr
+    status, _ = daemon.terminate(timeout=60)
+    assert status == 0
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ray_processes), 30, "Ray's processes to end")
 
 
 def test_loopback_reads_addresses_as_proc_net_writes_them():

@@ -117,13 +117,20 @@ def test_frozen():
         config.executor = "threads"
 
 
-def test_the_daemon_refuses_ray_until_it_is_served(tmp_path):
+def test_without_the_extra_the_ray_executor_says_in_one_line_how_to_install_it(tmp_path, monkeypatch):
+    import signal
+    import sys
+
+    from nst_batch.daemon import actors
     from nst_batch.daemon.service import Service
 
+    monkeypatch.setattr(actors, "ray_installed", lambda: False)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # never replace pytest's handlers
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
     config = load_config(config_file(tmp_path, "executor: ray\ndevice: cpu\nray:\n  devices: 2\n"))
-    with pytest.raises(ConfigError, match="executor: threads"):
-        Service(config)
-    assert not (tmp_path / "state").exists()  # nothing was made
+    with Service(config) as daemon, pytest.raises(ConfigError, match=r"^executor: ray needs the ray extra: pip install"):
+        daemon.serve()
+    assert "ray" not in sys.modules
 
 
 def test_the_extra_pins_the_minimal_ray_package():

@@ -26,6 +26,7 @@ import pickle
 import re
 import secrets
 import shutil
+import signal
 import stat
 import threading
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ NO_RETRIES = {"max_restarts": 0, "max_task_retries": 0}
 # Calls an actor serves at once: its runs (a GPU's few), and the daemon's reports and stop beside them.
 ACTOR_CONCURRENCY = 16
 LOOPBACK = "127.0.0.1"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 TOKEN_NAME = "ray-auth-token"  # in state_dir: Ray's token (a cluster's is copied there from its head)
 
 
@@ -147,8 +149,19 @@ def connect(settings: "RayConfig", token_path: Path, node_ip_address: str | None
     if settings.address is None:
         os.environ.update(LOOPBACK_ENVIRONMENT)
     ray = require_ray()
-    ray.init(**init_options(settings, node_ip_address, **resources))
+    # ray.init puts its own SIGTERM handler in (it exits at once): the daemon's, which checkpoints
+    # first, stays.
+    kept = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} if _main_thread() else {}
+    try:
+        ray.init(**init_options(settings, node_ip_address, **resources))
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
     return ray
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def actor_options(kind: str) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class RayWorkers(Workers):
             ray = actors.connect(config.ray, actors.token_path(self.folders.state),
                                  **(resources if config.ray.address is None else {}))
         self.ray = ray
+        if config.ray.address is None and self._owned:
+            logger.info(f"a Ray of its own at {ray.get_runtime_context().gcs_address}, token authentication on")
         count = config.ray.devices or int(ray.cluster_resources().get("GPU", 0))
         if count < 1:
             raise ConfigError("executor: ray found no GPU in Ray: give ray.devices, or use device: cpu with ray.devices")
