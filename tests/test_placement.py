@@ -234,6 +234,14 @@ def test_a_node_that_is_gone_frees_its_runs_to_start_anywhere():
     assert [p.batch.run_ids for p in placed] == [(1, 2)]
 
 
+def test_a_resumed_run_waits_for_its_node_while_devices_still_start_there():
+    devices = [device("n1"), device("n3")]
+    # n2's devices are still starting (a restarted daemon): run 1 waits for them, the others go on.
+    assert where(place([run(1, 1, node="n2"), run(2, 1)], devices, starting_on={"n2"})) == {2: "n1/cuda:0"}
+    # Devices starting elsewhere do not hold it: its node is gone.
+    assert where(place([run(1, 1, node="n2")], devices, starting_on={"n3"})) == {1: "n1/cuda:0"}
+
+
 def test_a_checkpoint_node_too_small_for_the_run_is_given_up():
     devices = [device("n1", budget_gib=4), device("n2", budget_gib=12)]
     assert where(place([run(1, 6, node="n1")], devices)) == {1: "n2/cuda:0"}  # n1 could never hold it

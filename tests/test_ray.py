@@ -440,7 +440,8 @@ def test_eight_jobs_through_two_nodes_of_two_devices_each_are_done_once_each_on_
 
 @pytest.mark.ray
 def test_sigterm_checkpoints_on_the_node_and_the_restart_resumes_there_at_its_iteration(cluster, tmp_path):
-    long = {"defaults": {"image_size": 32, "iterations": 150, "seed": 0}, "ray": {"devices": 1}}
+    # Every device of the cluster has an actor again after the restart, so the checkpoint's node is among them.
+    long = {"defaults": {"image_size": 32, "iterations": 150, "seed": 0}, "ray": {"devices": 4}}
     with ray_service(tmp_path, **long) as service:
         drop_pair(service.config.inbox, "long")
         at_20 = lambda db: db.execute("SELECT MAX(iteration) FROM runs").fetchone()[0] or 0  # noqa: E731

@@ -50,7 +50,7 @@ class Dispatcher:
                       self.batch_key(r), self.capacity.shared_bytes(self.store, r), r.node if placed else None)
             for r in queued
         ]
-        chosen = place(candidates, devices, self.capacity.max_batch)
+        chosen = place(candidates, devices, self.capacity.max_batch, self.workers.starting_on())
         by_id = {run.id: run for run in queued}
         for where in chosen:
             runs = []

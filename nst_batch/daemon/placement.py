@@ -25,11 +25,13 @@ work; the queue and its order (priority, then arrival) are one for all of them:
   is placed only on that node's devices while the node is among them; it waits, or reserves, there.
   A node that is gone (none of its devices is offered) means the checkpoint is gone with it: the
   run may go anywhere, and starts again; so may a run none of its node's devices could ever hold.
+  While devices are still starting on its node (``starting_on``: a restarted daemon's actors come
+  up one by one), the run waits for them instead.
 - A batch that no device's budget could ever hold is skipped, not reserved: it would block a
   device for ever. (Dispatch's too_big policy fits every run to the budget before it is offered.)
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from .scheduler import Active, Batch, Candidate, batches
@@ -79,8 +81,11 @@ class _Room:
         return self.load == 0
 
 
-def place(queued: Sequence[Candidate], devices: Sequence[Device], max_batch: int = 1) -> list[Placed]:
-    """The batches to start now, each with its device, in the order to start them."""
+def place(
+    queued: Sequence[Candidate], devices: Sequence[Device], max_batch: int = 1, starting_on: Collection[str] = ()
+) -> list[Placed]:
+    """The batches to start now, each with its device, in the order to start them. ``starting_on``:
+    the nodes where devices are still starting."""
     if not devices:
         return []
     rooms = [
@@ -95,8 +100,11 @@ def place(queued: Sequence[Candidate], devices: Sequence[Device], max_batch: int
     room_on = {}
     for d in devices:
         room_on[d.node] = max(room_on.get(d.node, 0), d.budget)
-    queued = [run if run.node is None or room_on.get(run.node, 0) >= run.need_bytes else replace(run, node=None)
-              for run in queued]
+    queued = [
+        run if run.node is None or room_on.get(run.node, 0) >= run.need_bytes else replace(run, node=None)
+        for run in queued
+        if run.node is None or run.node in room_on or run.node not in starting_on  # else it waits for its node
+    ]
     smallest = min(d.budget for d in devices)
     placed: list[Placed] = []
     for batch in batches(queued, max_batch, smallest):

@@ -20,6 +20,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,6 +42,9 @@ from .workers import Work, Workers
 
 NODES_FOLDER = "nodes"  # under state_dir: each node's checkpoints and inputs, in a folder of its own
 REPORT_TIMEOUT_S = 30.0
+# After a start, a run whose checkpoint is on a node waits this long at most for the pool's actors
+# there: they start one by one, and the first ones ready must not take it elsewhere to start again.
+RESUME_GRACE_S = 120.0
 CLOSE_TIMEOUT_S = 30.0
 
 
@@ -83,6 +87,7 @@ class RayWorkers(Workers):
         self._keys = itertools.count(1)
         self._shown: list[DeviceRecord] | None = None
         self._calibrated = not config.scheduler.calibrate
+        self._opened = 0.0
 
     # --- the pool --------------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class RayWorkers(Workers):
         if count < 1:
             raise ConfigError("executor: ray found no GPU in Ray: give ray.devices, or use device: cpu with ray.devices")
         self._slots = [self._new_slot(index) for index in range(count)]
+        self._opened = time.monotonic()
         logger.info(f"ray executor: {count} {self.kind} actor(s) asked for")
         while not any(slot.ready for slot in self._slots):
             if self.stop.is_set():
@@ -179,6 +185,14 @@ class RayWorkers(Workers):
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         return isinstance(error, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+    def starting_on(self) -> frozenset[str]:
+        """While some actors are still starting, for at most RESUME_GRACE_S after the daemon started:
+        every live node (one of them may be where a checkpoint waits). Then none: a node without
+        a device of the pool by then is, for its checkpoints, gone."""
+        if time.monotonic() - self._opened > RESUME_GRACE_S or all(s.ready or s.dead for s in self._slots):
+            return frozenset()
+        return frozenset(n["NodeName"] for n in self.ray.nodes() if n.get("Alive") and n.get("NodeName"))
 
     def devices(self, budget: int, max_concurrent: int) -> list[Device]:
         self._refresh()

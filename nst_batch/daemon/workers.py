@@ -103,6 +103,10 @@ class Workers:
         """The devices work may be placed on now, each with what runs on it: here, the one."""
         return [Device(LOCAL, LOCAL, budget, max_concurrent, tuple(work.as_active for work in self.active))]
 
+    def starting_on(self) -> frozenset[str]:
+        """The nodes where devices are still starting (their runs' checkpoints wait for them): none here."""
+        return frozenset()
+
     def start(self, work: Work) -> None:
         work.halt = Halt(self.stop)
         beside = [other for other in self.active if (other.node, other.device) == (work.node, work.device)]
