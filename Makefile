@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
 $(CONFIG):
@@ -45,7 +45,7 @@ bench: $(BIN)/.installed
 constraints:
 	rm -rf .venv-resolve
 	$(PYTHON) -m venv .venv-resolve
-	.venv-resolve/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.venv-resolve/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
 	.venv-resolve/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	{ echo "# The last known-good set: 'make test' passed with these on $$(date -u +%F)," \
 	       "Python $$(.venv-resolve/bin/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \

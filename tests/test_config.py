@@ -17,6 +17,7 @@ from nst_batch.settings.config import (
     ModelConfig,
     NotifyConfig,
     PerformanceConfig,
+    RayConfig,
     SchedulerConfig,
     load_config,
     params_with_overrides,
@@ -60,7 +61,8 @@ def test_example_is_valid_and_shows_the_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    "model", [Config, ModelConfig, SchedulerConfig, PerformanceConfig, LogConfig, NotifyConfig, MetricsConfig, StyleParams]
+    "model",
+    [Config, ModelConfig, SchedulerConfig, PerformanceConfig, LogConfig, NotifyConfig, MetricsConfig, RayConfig, StyleParams],
 )
 def test_example_documents_every_field(model: type[BaseModel]) -> None:
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
@@ -68,7 +70,7 @@ def test_example_documents_every_field(model: type[BaseModel]) -> None:
         at = [i for i, line in enumerate(lines) if re.match(rf"\s*{name}:", line)]
         assert at, f"config.example.yaml does not show {model.__name__}.{name}"
         commented = "#" in lines[at[0]] or lines[at[0] - 1].strip().startswith("#")
-        sections = ("model", "scheduler", "performance", "log", "notify", "metrics", "defaults")
+        sections = ("model", "scheduler", "performance", "log", "notify", "metrics", "ray", "defaults")
         is_section = issubclass(model, Config) and name in sections
         assert commented or is_section, f"config.example.yaml does not explain {model.__name__}.{name}"
 

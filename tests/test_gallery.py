@@ -363,3 +363,16 @@ def test_the_first_page_shows_the_running_runs_previews_the_cancelled_jobs_and_a
     assert "<b>Paused</b>: no new run starts" in page
     [quiet] = gallery.render_pages([], [], 100, time.time())
     assert "Running" not in quiet and "Cancelled" not in quiet and "Paused" not in quiet
+
+
+def test_a_job_made_by_the_ray_executor_says_on_which_nodes_and_devices(tmp_path):
+    outbox = tmp_path / "outbox"
+    path = publish_fake(outbox, "spread", 1, labels=("style_weight=1e4", "style_weight=1e5"))
+    record = json.loads((path / "job.json").read_text())
+    for result, device in zip(record["results"], ("gpu:0", "gpu:1")):
+        result.update(node="node-a", device=device)
+    (path / "job.json").write_text(json.dumps(record))
+    publish_fake(outbox, "here", 2)
+    text = read_page(gallery.rebuild(outbox, [], now=NOW)).plain
+    assert "on node-a gpu:0, node-a gpu:1" in text
+    assert "on cpu" in text  # a job of the threads executor names its device, as before

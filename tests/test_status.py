@@ -9,7 +9,7 @@ import pytest
 
 from nst_batch.cli import status
 from nst_batch.cli.main import main
-from nst_batch.daemon.store import RunSpec, Store
+from nst_batch.daemon.store import DeviceRecord, DeviceState, RunSpec, Store
 from nst_batch.engine import StyleParams
 from nst_batch.settings.config import load_config
 from nst_batch.util.text import format_duration
@@ -139,3 +139,34 @@ def test_cli_status_json_and_a_bad_watch_interval(busy, tmp_path, capsys):
 
 def test_format_duration():
     assert [format_duration(s) for s in (0, 0.3, 42.4, 185, 7800)] == ["0 s", "1 s", "42 s", "3 min 5 s", "2 h 10 min"]
+
+
+def test_under_ray_each_device_shows_its_load_and_each_run_where_it_runs(tmp_path):
+    config = load_config(None, [f"state_dir={tmp_path / 'state'}", "executor=ray", "device=cpu", "ray.devices=3"])
+    store = Store(config.state_dir)
+    spec = RunSpec("cat", "cat.content.png", ("cat.style.png",), StyleParams(), {})
+    for name in ("cat", "dog"):
+        store.queue(store.begin_claim(name, "pair", [], None, {}), [spec], 0, name, {})
+    for job_id in (1, 2):
+        [run] = store.runs(job_id)
+        store.start_run(run, "node-a", "gpu:1")
+    store.set_devices([
+        DeviceRecord("node-a", "gpu:0", DeviceState.READY, 2**30),
+        DeviceRecord("node-a", "gpu:1", DeviceState.READY, 3 * 2**30),
+        DeviceRecord("-", "actor 2", DeviceState.STARTING),
+    ])
+    store.close()
+    report = status.gather(config)
+    assert [(d["device"], d["state"], d["running"]) for d in report["devices"]] == [
+        ("actor 2", "starting", 0), ("gpu:0", "ready", 0), ("gpu:1", "ready", 2),
+    ]
+    assert {(r["node"], r["device"]) for r in report["running"]} == {("node-a", "gpu:1")}
+    text = status.render(report)
+    assert re.search(r"node-a\s+gpu:1\s+ready\s+2\s+3\.0 GiB", text)
+    assert re.search(r"run-1\s+job-1 cat\s+cat\s+node-a gpu:1", text)
+
+
+def test_the_threads_executor_shows_no_devices_section(busy):
+    report = status.gather(busy)
+    assert report["devices"] == [] and "DEVICES" not in status.render(report)
+    assert "ON" not in status.render(report).split()

@@ -29,7 +29,7 @@ def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str,
     db = config.state_dir / "jobs.sqlite3"
     if not db.exists():
         return {"jobs": {}, "runs": {}, "running": [], "recent_errors": [], "database": str(db), "started": False,
-                "paused": None, "queued": [], "queued_more": 0}
+                "paused": None, "queued": [], "queued_more": 0, "devices": []}
     store = Store(config.state_dir)
     try:
         now = time.time()
@@ -49,6 +49,8 @@ def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str,
                 "elapsed_seconds": round(seconds, 1) if seconds is not None else None,
                 "eta_seconds": round(per_iteration * remaining, 1) if per_iteration else None,
                 "preview": str(preview) if (preview := config.outbox / PREVIEWS / preview_name(run.id)).exists() else None,
+                "node": run.node if config.executor == "ray" else None,
+                "device": run.device if config.executor == "ray" else None,
             })
         jobs = {status: 0 for status in STATUSES} | store.counts()
         waiting = store.queued_jobs(None if queued_limit is None else queued_limit + 1)
@@ -59,7 +61,16 @@ def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str,
         shown_all = queued_limit is None or len(waiting) <= queued_limit
         waiting_total = sum(jobs.get(s, 0) for s in (JobStatus.CLAIMING, JobStatus.QUEUED, JobStatus.RUNNING))
         pause = store.pause()
+        load: dict[tuple, int] = {}
+        for run in running:
+            load[(run["node"], run["device"])] = load.get((run["node"], run["device"]), 0) + 1
+        devices = [
+            {"node": d.node, "device": d.name, "state": d.state.value, "budget_bytes": d.budget_bytes,
+             "running": load.get((d.node, d.name), 0)}
+            for d in (store.devices() if config.executor == "ray" else [])
+        ]
         return {
+            "devices": devices,
             "paused": None if pause == Pause.OFF else pause.value,
             "queued": queued,
             "queued_more": 0 if shown_all else waiting_total - len(queued),
@@ -94,14 +105,26 @@ def render(report: dict[str, Any], color: bool = False, width: int | None = None
     if report.get("paused"):
         how = "running runs checkpoint and wait" if report["paused"] == Pause.NOW else "running runs finish"
         lines.append(paint(f"PAUSED: no new run starts, {how}; `nst-batch resume` goes on", "yellow"))
+    if report.get("devices"):
+        lines += ["", paint("DEVICES", "bold")]
+        rows = [("NODE", "DEVICE", "STATE", "RUNS", "BUDGET")] + [
+            (d["node"], d["device"], d["state"], str(d["running"]),
+             f"{d['budget_bytes'] / 2**30:.1f} GiB" if d["budget_bytes"] else "-")
+            for d in report["devices"]
+        ]
+        table = _table(rows)
+        lines.append(paint(_cut(table[0], width), "dim"))
+        lines += [_cut(row, width) for row in table[1:]]
     if report["running"]:
         lines += ["", paint("RUNNING", "bold")]
-        header = ("RUN", "JOB", "RESULT", "PROGRESS", "LOSS", "ELAPSED", "ETA")
+        placed = any(run.get("node") for run in report["running"])
+        header = ("RUN", "JOB", "RESULT", *(("ON",) if placed else ()), "PROGRESS", "LOSS", "ELAPSED", "ETA")
         rows = [
             (
                 f"run-{run['run_id']}" if run.get("run_id") is not None else "-",
                 f"job-{run['job_id']} {run.get('job_name') or ''}".strip(),
                 run["label"],
+                *((f"{run.get('node') or '-'} {run.get('device') or ''}".strip(),) if placed else ()),
                 _progress(run["iteration"], run["total_iterations"]),
                 f"{run['loss']:.4g}" if run["loss"] is not None else "-",
                 format_duration(run["elapsed_seconds"]) if run.get("elapsed_seconds") is not None else "-",

@@ -29,10 +29,10 @@ def probed_model(network: Network, device: torch.device, backbone: str) -> Memor
 
 
 class Capacity:
-    def __init__(self, config: Config, device: torch.device):
+    def __init__(self, config: Config, device: torch.device, key: str | None = None):
         self.config = config
-        self.device = device
-        self.device_key = device_key(device)
+        self.device = device  # under the ray executor, the kind of its actors' devices
+        self.device_key = device_key(device) if key is None else key
         self.budget = 0  # nothing fits until measure_budget(), once the network is loaded
         self.max_concurrent = config.scheduler.max_concurrent or (GPU_CONCURRENCY if device.type == "cuda" else 1)
         self.max_batch = config.scheduler.max_batch or BATCH.get(device.type, 1)
@@ -47,9 +47,21 @@ class Capacity:
             torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_budget / total), self.device)
         self.budget = settings.budget(free_bytes(self.device))
 
+    def use_devices(self, key: str, budgets: list[int]) -> None:
+        """Under the ray executor: the kind of device its actors run on (what the memory model's
+        samples are of), and their budgets; a run must fit the largest of them alone."""
+        if key != self.device_key:
+            self.device_key = key
+            self._models.clear()
+        self.budget = max(budgets, default=0)
+
     def calibrate(self, store: Store, network: Network, backbone: str) -> None:
         """Short probe runs on this device, kept as samples the model is fitted to."""
-        for sample in probe(network, self.device, StyleParams(backbone=backbone)):
+        self.keep_probes(store, backbone, probe(network, self.device, StyleParams(backbone=backbone)))
+
+    def keep_probes(self, store: Store, backbone: str, samples: list[Sample]) -> None:
+        """Probe runs' samples (measured here, or by an actor on a device of this kind), kept."""
+        for sample in samples:
             store.add_sample(self.device_key, backbone, sample, "probe")
         self._models.pop(backbone, None)
         model = self.model(store, backbone)

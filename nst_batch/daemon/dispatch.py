@@ -1,15 +1,17 @@
 """Starting work: the first queued runs, each changed by the too_big policy if it cannot fit even
-alone, offered to the scheduler with what each needs; what it admits starts on the workers."""
+alone, offered to placement with what each needs; what it admits starts on the workers, on the
+device it was placed on (the threads executor has one: placement then decides what the
+scheduler's ``admit`` decides)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from loguru import logger
 
 from ..results.report import RunStatus
 from .capacity import Capacity
 from .finishing import Finisher
-from .runner import Runner
-from .scheduler import Active, Candidate, admit
+from .placement import place
+from .scheduler import Candidate
 from .store import RunRecord, Store
 from .systemd import notify
 from .workers import Work, Workers
@@ -22,10 +24,10 @@ MAX_DISPATCH_WINDOW = 512  # ...and at most, whatever the slots and batch sizes
 
 class Dispatcher:
     def __init__(
-        self, store: Store, capacity: Capacity, runner: Runner, workers: Workers, finisher: Finisher, max_attempts: int,
-        paused: Callable[[], bool] = lambda: False,
+        self, store: Store, capacity: Capacity, batch_key: Callable[[RunRecord], Hashable | None], workers: Workers,
+        finisher: Finisher, max_attempts: int, paused: Callable[[], bool] = lambda: False,
     ):
-        self.store, self.capacity, self.runner = store, capacity, runner
+        self.store, self.capacity, self.batch_key = store, capacity, batch_key
         self.workers, self.finisher = workers, finisher
         self.max_attempts = max_attempts
         self.paused = paused  # `nst-batch pause`: no run starts
@@ -36,34 +38,37 @@ class Dispatcher:
             return 0
         if self.finisher.retry_unfinished():  # jobs asked for again: start nothing until they are tried
             return 0
-        if len(self.workers.active) >= self.capacity.max_concurrent:  # no slot: nothing to read the queue for
+        devices = self.workers.devices(self.capacity.budget, self.capacity.max_concurrent)
+        if all(len(device.running) >= device.max_concurrent for device in devices):  # no slot: nothing to read the queue for
             return 0
-        queued = [started for run in self._window() if (started := self._startable(run)) is not None]
+        queued = [started for run in self._window(len(devices)) if (started := self._startable(run)) is not None]
         if not queued:
             return 0
+        placed = self.workers.placed
         candidates = [
             Candidate(r.id, r.job_id, r.idx, r.priority, self.capacity.need(self.store, r), r.alone,
-                      self.runner.batch_key(r), self.capacity.shared_bytes(self.store, r))
+                      self.batch_key(r), self.capacity.shared_bytes(self.store, r), r.node if placed else None)
             for r in queued
         ]
-        active = [Active(w.runs[0][1].id, w.need_bytes, w.alone) for w in self.workers.active]
-        capacity = self.capacity
-        chosen = admit(candidates, active, capacity.budget, capacity.max_concurrent, capacity.max_batch)
+        chosen = place(candidates, devices, self.capacity.max_batch, self.workers.starting_on())
         by_id = {run.id: run for run in queued}
-        for batch in chosen:
+        for where in chosen:
             runs = []
-            for run_id in batch.run_ids:
-                self.store.start_run(by_id[run_id])
+            for run_id in where.batch.run_ids:
+                if placed:
+                    self.store.start_run(by_id[run_id], where.node, where.device)
+                else:
+                    self.store.start_run(by_id[run_id])
                 run = self.store.run(run_id)
                 runs.append((self.store.job(run.job_id), run))
-            self.workers.start(Work(runs, batch.need_bytes))
+            self.workers.start(Work(runs, where.batch.need_bytes, where.node, where.device))
         if chosen:
             labels = "; ".join(w.labels for w in self.workers.active)
             notify(f"STATUS=running {labels}; {self.store.run_counts().get(RunStatus.QUEUED, 0)} more queued")
         return len(chosen)
 
-    def _window(self) -> list[RunRecord]:
-        wanted = 4 * self.capacity.max_concurrent * self.capacity.max_batch
+    def _window(self, devices: int) -> list[RunRecord]:
+        wanted = 4 * devices * self.capacity.max_concurrent * self.capacity.max_batch
         return self.store.queued_runs(limit=min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, wanted)))
 
     def _startable(self, run: RunRecord) -> RunRecord | None:

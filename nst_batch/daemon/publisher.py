@@ -71,6 +71,7 @@ def job_report(job: JobRecord, runs: list[RunRecord], device: torch.device) -> J
             ResultReport(
                 label=r.label, status=r.status, error=r.error, content=r.content, styles=r.styles,
                 varying=r.varying, attempts=r.attempts, warning=r.warning, params=r.params.explicit(),
+                **({"node": r.node, "device": r.device} if r.node is not None else {}),
             )
             for r in runs
         ),

@@ -3,6 +3,7 @@ checkpoint every N iterations, stop when asked, and end with their results still
 (``Outcome.unwritten``: the publisher's thread writes them into their jobs' staging folders). Runs of one shape may go through together,
 as one batch (``engine.stylize_batch``); each still ends on its own. The network of each backbone is loaded once and kept."""
 
+import contextlib
 import gc
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from loguru import logger
@@ -40,9 +42,15 @@ from .checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
 from .folders import Folders
 from .halt import cancelled
 from .inbox import LIBRARY_PREFIX
-from .store import JobRecord, RunRecord, Store
+from .store import JobRecord, RunRecord
 
 PROGRESS_EVERY_S = 1.0
+
+
+class ProgressSink(Protocol):
+    """Where a run's progress goes: the job database (``Store``), or an actor's report to the daemon."""
+
+    def progress(self, run_id: int, iteration: int, total_iterations: int, loss: float) -> None: ...
 
 
 class Ending(str, Enum):
@@ -128,21 +136,19 @@ class Runner:
         return self._networks[backbone]
 
     def batch_key(self, run: RunRecord) -> Hashable | None:
-        """Runs with equal keys can go through together; None (an unknown image size, or tiles: one
-        image at a time) never does. Equal iteration counts at every scale too (the members go
-        through the scales in step), so that no run's result waits long for a longer one's."""
-        if not all(run.content_size):
-            return None
-        params = run.params
-        width, height = run.content_size
-        if Tiling.of(params).splits(*fit_long_side(height, width, params.image_size)):
-            return None
-        iterations = tuple(params.iterations_at(scale) for scale in range(params.scales))
-        return (batch_key(params, (height, width)), self.speed(params), iterations)
+        return run_batch_key(run, self.speed)
 
-    def run_batch(self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: Store) -> list[Outcome]:
+    def run_batch(
+        self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: ProgressSink
+    ) -> list[Outcome]:
         """Runs of one batch_key (or one run), through shared passes of the network; an outcome for
-        each. Progress goes into ``store``, the calling thread's connection."""
+        each. Progress goes into ``store``: the calling thread's connection, or an actor's report."""
+        with _own_stream(self.device):
+            return self._run_batch(runs, stop, store)
+
+    def _run_batch(
+        self, runs: Sequence[tuple[JobRecord, RunRecord]], stop: threading.Event, store: ProgressSink
+    ) -> list[Outcome]:
         saving = _SavingTime()
         seats = [self._seat(job, run, stop, store, saving) for job, run in runs]
         # The batch was formed from the sizes the store recorded; the decoded images decide.
@@ -157,7 +163,7 @@ class Runner:
         return [seat.outcome for seat in seats]
 
     def _seat(
-        self, job: JobRecord, run: RunRecord, stop: threading.Event, store: Store, saving: "_SavingTime"
+        self, job: JobRecord, run: RunRecord, stop: threading.Event, store: ProgressSink, saving: "_SavingTime"
     ) -> "_Seat":
         """A run ready for the engine: its inputs read and its checkpoint loaded, or its outcome."""
         seat = _Seat(job, run, run.params, logger.bind(job=job.label))
@@ -253,7 +259,8 @@ class Runner:
         return Outcome(Ending.DONE, None, final.iteration, last_scale, final.elapsed_s, fp32, unwritten)
 
     def _progress(
-        self, seat: "_Seat", stop: threading.Event, store: Store, checkpoint: Path, saved_at: int, saving: "_SavingTime"
+        self, seat: "_Seat", stop: threading.Event, store: ProgressSink, checkpoint: Path, saved_at: int,
+        saving: "_SavingTime",
     ) -> Callable:
         run, reel, log = seat.run, seat.reel, seat.log
         params = seat.params
@@ -280,6 +287,20 @@ class Runner:
             return stop.is_set()
 
         return on_progress
+
+
+def run_batch_key(run: RunRecord, speed: Callable[[StyleParams], Speed]) -> Hashable | None:
+    """Runs with equal keys can go through together (pure); None (an unknown image size, or tiles:
+    one image at a time) never does. Equal iteration counts at every scale too (the members go
+    through the scales in step), so that no run's result waits long for a longer one's."""
+    if not all(run.content_size):
+        return None
+    params = run.params
+    width, height = run.content_size
+    if Tiling.of(params).splits(*fit_long_side(height, width, params.image_size)):
+        return None
+    iterations = tuple(params.iterations_at(scale) for scale in range(params.scales))
+    return (batch_key(params, (height, width)), speed(params), iterations)
 
 
 @dataclass
@@ -316,6 +337,13 @@ def _start_image(seat: "_Seat") -> torch.Tensor | None:
     if init == "noise":
         return None
     return seat.content if init == "content" else seat.member.init_image
+
+
+def _own_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """On a GPU, a CUDA stream of the run's own: runs on the default stream would wait for each other."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))
 
 
 def no_space(error: Exception) -> bool:

@@ -8,7 +8,8 @@ on an idle device, and nothing starts beside it.
 
 Runs that can share the network's passes (equal ``batch_key``: the same shapes and layers, see
 ``engine.batch_key``) and have the same priority start together as one batch, led by the first
-of them in the queue. A batch pays once for what its members share (the network, the runtime),
+of them in the queue (and, across devices, the same checkpoint node: a batch runs on one device).
+A batch pays once for what its members share (the network, the runtime),
 so it needs less than its members would apart, and it takes one slot.
 """
 
@@ -28,6 +29,7 @@ class Candidate:
     alone: bool = False
     batch_key: Hashable | None = None  # None: never batched
     shared_bytes: int = 0  # the part of need_bytes a batch pays once, whatever its size
+    node: str | None = None  # the node its checkpoint is on, across devices (``placement``); None: anywhere
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def batches(queued: Sequence[Candidate], max_batch: int, budget: int) -> list[Ba
     formed: list[list[Candidate]] = []
     open_batches: dict[tuple, list[Candidate]] = {}
     for run in sorted(queued, key=queue_order):
-        key = (run.batch_key, run.priority)
+        key = (run.batch_key, run.priority, run.node)
         members = open_batches.get(key) if run.batch_key is not None and not run.alone else None
         if members is None or len(members) >= max_batch or Batch((*members, run)).need_bytes > budget:
             members = [run]

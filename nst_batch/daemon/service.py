@@ -8,10 +8,13 @@ import gc
 import signal
 import threading
 import time
+from collections.abc import Callable, Hashable
 from types import TracebackType
 
+import torch
 from loguru import logger
 
+from ..engine import Speed, StyleParams
 from ..results.report import JobStatus
 from ..settings import tuning
 from ..settings.config import Config
@@ -26,8 +29,8 @@ from .notices import Notices
 from .notifier import Notifier
 from .preview import Previews
 from .publisher import Publisher
-from .runner import Runner
-from .store import Store
+from .runner import Runner, run_batch_key
+from .store import RunRecord, Store
 from .systemd import notify
 from .watcher import InboxWatcher
 from .workers import Work, Workers
@@ -41,7 +44,7 @@ class Service:
     """The daemon's parts, built once; ``serve()`` runs them until a stop signal. ``runner`` may be
     given (tests run fakes through the real loop)."""
 
-    def __init__(self, config: Config, runner: Runner | None = None):
+    def __init__(self, config: Config, runner: Runner | None = None, actor_runner: type | None = None):
         self.config = config
         self.folders = Folders(config)
         self.folders.create()
@@ -50,17 +53,22 @@ class Service:
         self.store = Store(self.folders.state)
         self.watcher = InboxWatcher(config.inbox, config.settle_seconds, config.observer)
         self.previews = Previews(self.folders.outbox, written=lambda: self.publisher.preview_changed())
-        self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat, self.previews.offer)
-        self.capacity = Capacity(config, self.runner.device)
-        self.publisher = Publisher(config, self.folders, self.runner.device)
-        self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
+        self.runner: Runner | None = None  # the threads executor's; the ray executor's actors have their own
+        if config.executor == "ray":
+            self.workers, batch_key = self._ray_workers(actor_runner)
+        else:
+            self.runner = runner or Runner(config, self.folders, self.folders.input_path, self._heartbeat, self.previews.offer)
+            self.capacity = Capacity(config, self.runner.device)
+            self.publisher = Publisher(config, self.folders, self.runner.device)
+            self.workers = Workers(self.runner, self.folders, self.publisher, self.stop, self.work.set)
+            batch_key = self.runner.batch_key
         self.finisher = Finisher(config, self.store, self.capacity, self.publisher)
         self.notifier = Notifier(config.notify)  # reads notify.urls_file: a bad one stops the start here
         self.notices = Notices(self.store, self.notifier, self.folders.outbox)
         self.metrics = Metrics(config.metrics, self.store, lambda: self.capacity.budget, lambda: self.notifier.failures)
         self.control = Controller(self.store, self.folders, self.workers, self.finisher, self.watcher.wake.set)
         self.dispatcher = Dispatcher(
-            self.store, self.capacity, self.runner, self.workers, self.finisher, config.max_attempts,
+            self.store, self.capacity, batch_key, self.workers, self.finisher, config.max_attempts,
             paused=lambda: self.control.paused,
         )
         self._intake_thread: threading.Thread | None = None
@@ -70,10 +78,27 @@ class Service:
         self._stop_signal: int | None = None
         self._stop_announced = False
 
+    def _ray_workers(self, actor_runner: type | None) -> tuple[Workers, Callable[[RunRecord], Hashable | None]]:
+        """The ray executor (imported only when asked for: without the extra, Ray is never imported)."""
+        from .ray_workers import RayWorkers, actor_kind
+
+        kind = torch.device(actor_kind(self.config))
+        self.capacity = Capacity(self.config, kind, key=kind.type)  # the actors' own kind, once one is ready
+        self.publisher = Publisher(self.config, self.folders, kind)
+        workers = RayWorkers(
+            self.config, self.folders, self.publisher, self.store, self.stop, self.work.set, self.capacity, actor_runner
+        )
+
+        def speed(params: StyleParams) -> Speed:
+            return tuning.choose_speed(self.config.performance, params.optimizer, kind.type, cpu_bf16=False)
+
+        return workers, lambda run: run_batch_key(run, speed)
+
     def __enter__(self) -> "Service":
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.workers.close()  # idempotent: after serve(), or when it failed before it could
         self.store.close()
 
     def serve(self) -> int:
@@ -113,11 +138,7 @@ class Service:
         tidied = self.folders.tidy()
         if tidied:
             logger.info(f"removed {tidied} temporary file(s) or reserved folder(s) an interruption left behind")
-        tuning.apply(self.config.performance, self.runner.device)
-        network, _ = self.runner.network(self.config.defaults.backbone)  # load once, before saying READY
-        self.capacity.measure_budget()  # what is free once the network is in
-        if self.config.scheduler.calibrate:
-            self.capacity.calibrate(self.store, network, self.config.defaults.backbone)
+        where = self.workers.open(self.config, self.capacity, self.store)  # the network loaded, before READY
         gc.collect()  # nothing of start-up's garbage is frozen with what lives on
         # The ~400 000 objects of torch, matplotlib and pydantic live as long as the process: out
         # of the collector's sight, each automatic collection takes microseconds instead of a
@@ -136,7 +157,7 @@ class Service:
         self.watcher.start()
         self._start_intake()
         notify("READY=1", "STATUS=watching the inbox")
-        logger.info(f"nst-batch serving: {self.config.summary()}; device {self.runner.device}")
+        logger.info(f"nst-batch serving: {self.config.summary()}; {where}")
 
     def _drain(self) -> None:
         self._announce_stop()
@@ -151,6 +172,7 @@ class Service:
         self.metrics.stop()
         self._intake_thread.join(timeout=10)
         self.watcher.stop()
+        self.workers.close()  # the ray executor's actors, and Ray if the daemon started it
 
     # --- signals ---------------------------------------------------------------------------
 

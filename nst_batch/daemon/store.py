@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done
     answer TEXT,                        -- what it did, in one line
     refused INTEGER NOT NULL DEFAULT 0  -- 1: it changed nothing (the command line exits 2)
 );
+CREATE TABLE IF NOT EXISTS devices (     -- the ray executor's devices, as it last saw them (for `nst-batch status`)
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,                -- DeviceState
+    budget_bytes INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (node, name)
+);
 CREATE INDEX IF NOT EXISTS requests_pending ON requests(handled);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_job_status ON runs(job_id, status);  -- "has this job runs left?" after every run
@@ -102,6 +110,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_updated ON jobs(updated);  -- jobs ended sinc
 _ADDED_COLUMNS = (
     ("memory_samples", "work_bytes", "INTEGER"),
     ("jobs", "place", "TEXT"),  # where a failed or cancelled job's inputs went, relative to state_dir
+    # Where a run last started under the ray executor (its checkpoint stays on that node); NULL: never
+    # placed there (the threads executor's one device).
+    ("runs", "node", "TEXT"),
+    ("runs", "device", "TEXT"),
 )
 
 
@@ -193,6 +205,8 @@ class RunRecord:
     alone: bool
     warning: str | None
     priority: int = 0  # the job's, for the scheduler
+    node: str | None = None  # the Ray node it last started on, where its checkpoint is; None: this machine's
+    device: str | None = None  # the device on that node
 
     @property
     def content_size(self) -> tuple[int, int]:
@@ -226,6 +240,21 @@ def _request(row: sqlite3.Row) -> Request:
     data["payload"] = json.loads(data["payload"])
     data["refused"] = bool(data["refused"])
     return Request(**data)
+
+
+class DeviceState(str, Enum):
+    STARTING = "starting"  # its actor waits for Ray to give it a device, or loads the network
+    READY = "ready"
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device of the ray executor, for ``nst-batch status``."""
+
+    node: str
+    name: str
+    state: DeviceState
+    budget_bytes: int = 0
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
@@ -358,6 +387,20 @@ class Store:
     def set_pause(self, pause: Pause) -> None:
         self.set_control("pause", pause.value)
 
+    def set_devices(self, devices: list["DeviceRecord"]) -> None:
+        """The executor's devices as they are now (the threads executor records none)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM devices")
+            db.executemany(
+                "INSERT INTO devices (node, name, state, budget_bytes, updated) VALUES (?, ?, ?, ?, ?)",
+                [(d.node, d.name, d.state, d.budget_bytes, now) for d in devices],
+            )
+
+    def devices(self) -> list["DeviceRecord"]:
+        rows = self.db.execute("SELECT * FROM devices ORDER BY node, name")
+        return [DeviceRecord(r["node"], r["name"], DeviceState(r["state"]), r["budget_bytes"]) for r in rows]
+
     def control(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM control WHERE key=?", (key,)).fetchone()
         return None if row is None else row["value"]
@@ -451,12 +494,15 @@ class Store:
         ).fetchone()
         return row is not None
 
-    def start_run(self, run: RunRecord) -> None:
+    def start_run(self, run: RunRecord, node: str | None = None, device: str | None = None) -> None:
+        """The run starts, counting an attempt; on ``node`` and ``device`` when placed across devices
+        (without them, where it last ran is kept)."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "UPDATE runs SET status=?, attempts=attempts+1, started=COALESCE(started, ?) WHERE id=?",
-                (RunStatus.RUNNING, now, run.id),
+                "UPDATE runs SET status=?, attempts=attempts+1, started=COALESCE(started, ?), "
+                "node=COALESCE(?, node), device=COALESCE(?, device) WHERE id=?",
+                (RunStatus.RUNNING, now, node, device, run.id),
             )
             db.execute("UPDATE jobs SET status=?, updated=? WHERE id=?", (JobStatus.RUNNING, now, run.job_id))
 

@@ -7,22 +7,30 @@ another one ran beside it, and one that starts beside another is not measured at
 engine is done, the thread hands its results to the publisher and ends: the device is free for
 the next work while they are written. The main thread starts work and collects what has
 finished, files and all; only it touches the job logs' sinks.
+
+This is the threads executor; ``ray_workers.RayWorkers`` is the other one, behind the same
+interface: ``devices`` (what placement may put work on), ``start``, ``finished``, ``join``, ``close``.
 """
 
-import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from loguru import logger
 
+from ..settings import tuning
+from ..settings.config import Config
+from .capacity import Capacity
 from .folders import Folders
 from .halt import Halt
 from .measure import PeakMeter
+from .placement import Device
 from .publisher import Publisher
 from .runner import Ending, Outcome, Runner
+from .scheduler import Active
 from .store import JobRecord, RunRecord, Store
+
+LOCAL = "local"  # the threads executor's one device, as placement names it
 
 
 @dataclass
@@ -31,6 +39,8 @@ class Work:
 
     runs: list[tuple[JobRecord, RunRecord]]  # one, or a batch
     need_bytes: int
+    node: str = LOCAL  # where placement put it (the ray executor: a node's name and one of its devices)
+    device: str = LOCAL
     shared: bool = False  # other work was on the device at some point: its peak says little
     outcomes: list[Outcome] = field(default_factory=list)  # one per run, once finished
     peak_bytes: int = 0
@@ -52,8 +62,15 @@ class Work:
     def labels(self) -> str:
         return ", ".join(run.label for _, run in self.runs)
 
+    @property
+    def as_active(self) -> Active:
+        """As the scheduler sees it."""
+        return Active(self.runs[0][1].id, self.need_bytes, self.alone)
+
 
 class Workers:
+    placed = False  # whether runs record the node and device they run on (their checkpoints stay there)
+
     def __init__(
         self, runner: Runner, folders: Folders, publisher: Publisher, stop: threading.Event, on_finished: Callable[[], None]
     ):
@@ -72,12 +89,30 @@ class Workers:
         """Whether any work is on the device or waiting for its files."""
         return bool(self._works)
 
+    def open(self, config: Config, capacity: Capacity, store: Store) -> str:
+        """Ready the device: the network loaded once, then the budget measured with it in, and
+        the memory model calibrated; where runs run, in words."""
+        tuning.apply(config.performance, self.runner.device)
+        network, _ = self.runner.network(config.defaults.backbone)
+        capacity.measure_budget()
+        if config.scheduler.calibrate:
+            capacity.calibrate(store, network, config.defaults.backbone)
+        return f"device {self.runner.device}"
+
+    def devices(self, budget: int, max_concurrent: int) -> list[Device]:
+        """The devices work may be placed on now, each with what runs on it: here, the one."""
+        return [Device(LOCAL, LOCAL, budget, max_concurrent, tuple(work.as_active for work in self.active))]
+
+    def starting_on(self) -> frozenset[str]:
+        """The nodes where devices are still starting (their runs' checkpoints wait for them): none here."""
+        return frozenset()
+
     def start(self, work: Work) -> None:
         work.halt = Halt(self.stop)
-        active = self.active
-        for other in active:
+        beside = [other for other in self.active if (other.node, other.device) == (work.node, work.device)]
+        for other in beside:
             other.shared = True
-        work.shared = bool(active)
+        work.shared = bool(beside)
         for job, _ in work.runs:
             self._open_log(job)
         name = f"run-{work.runs[0][1].id}"
@@ -98,17 +133,25 @@ class Workers:
         for work in list(self._works):
             work.ended.wait()
 
-    def _run(self, work: Work) -> None:
-        store = Store(self.folders.state)
+    def close(self) -> None:
+        """Once everything has been joined: let go of the devices (threads have nothing to let go of)."""
+
+    def _execute(self, work: Work, store: Store) -> list[Outcome]:
+        """Run the work on its device; an outcome per run. Its peak goes into ``work``."""
         # On the CPU the peak is the whole process's: the publisher drawing meanwhile is beside it too.
         quiet = self.runner.device.type != "cpu" or not self.publisher.writing
         writes = self.publisher.writes_begun
+        with PeakMeter(self.runner.device, enabled=not work.shared) as meter:
+            outcomes = self.runner.run_batch(work.runs, work.halt, store)
+        work.peak_bytes = meter.peak_bytes
+        if self.runner.device.type == "cpu" and (not quiet or self.publisher.writes_begun != writes):
+            work.shared = True
+        return outcomes
+
+    def _run(self, work: Work) -> None:
+        store = Store(self.folders.state)
         try:
-            with PeakMeter(self.runner.device, enabled=not work.shared) as meter, _own_stream(self.runner.device):
-                outcomes = self.runner.run_batch(work.runs, work.halt, store)
-            work.peak_bytes = meter.peak_bytes
-            if self.runner.device.type == "cpu" and (not quiet or self.publisher.writes_begun != writes):
-                work.shared = True
+            outcomes = self._execute(work, store)
         except Exception as error:  # a bug, not the runs' fault: report it as a retry
             for job, run in work.runs:
                 logger.bind(job=job.label).opt(exception=error).error(f"{run.label}: worker failed")
@@ -153,9 +196,3 @@ class Workers:
             logger.remove(sink)
             del self._sinks[job.id]
 
-
-def _own_stream(device: torch.device) -> contextlib.AbstractContextManager:
-    """On a GPU, a CUDA stream of the run's own: runs on the default stream would wait for each other."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.cuda.stream(torch.cuda.Stream(device))

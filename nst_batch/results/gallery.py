@@ -319,7 +319,10 @@ def _card(job: Job, eager: bool) -> str:
     facts = [f"finished {_when(job.finished)}", f"took {format_duration(_job_seconds(job))}"]
     if len(results) > 1:
         facts.append(f"{len(done)} results")
-    if report.device:
+    places = sorted({r.where for r in results if r.where is not None})
+    if places:  # the ray executor's nodes and devices
+        facts.append(f"on {', '.join(places)}")
+    elif report.device:
         facts.append(f"on {report.device}")
     lines = [
         f'<h3><a href="{_href(job.folder)}/">{_esc(name)}</a> {"".join(badges)}</h3>',

@@ -113,6 +113,12 @@ class ResultReport(RunSummary):
     attempts: int = 0
     warning: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)  # the engine parameters that were set
+    node: str | None = None  # where it last ran, under the ray executor: a node's name...
+    device: str | None = None  # ...and its device there ("gpu:0")
+
+    @property
+    def where(self) -> str | None:
+        return None if self.node is None else f"{self.node} {self.device}"
 
     @property
     def done(self) -> bool:

@@ -204,6 +204,49 @@ class MetricsConfig(BaseModel):
         return None if path is None else _absolute(path, _base_dir(info))
 
 
+RAY_OBJECT_STORE_MINIMUM = 75 * 2**20  # Ray refuses a smaller object store (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES)
+_RAY_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+class RayConfig(BaseModel):
+    """The ray executor (``executor: ray``): where Ray runs, how many devices it lends, its object store."""
+
+    model_config = FROZEN
+
+    address: str | None = Field(
+        None,
+        description="null = a Ray of this machine's own, started by the daemon on 127.0.0.1 | auto = the cluster "
+        "this machine joined with `ray start` | HOST:PORT = a running cluster's head (its network must be trusted)",
+    )
+    devices: int | None = Field(
+        None, ge=1, le=1024, description="devices to use, one actor each; null = every GPU Ray has (device: cpu: required)"
+    )
+    object_store_memory: ByteSize | None = Field(
+        None,
+        description="object store of the Ray the daemon starts (address: null), e.g. 2GiB, at least 75 MiB; "
+        "null = Ray's default; a cluster's nodes set their own at `ray start`",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, address: str | None) -> str | None:
+        if address is None or address == "auto":
+            return address
+        if address.startswith("ray://"):
+            raise ValueError("ray:// is Ray Client, which the minimal ray package has not: give the head's HOST:PORT")
+        match = _RAY_ADDRESS.fullmatch(address)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"must be null, auto or HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
+        return address
+
+    @field_validator("object_store_memory")
+    @classmethod
+    def _ray_minimum(cls, size: ByteSize | None) -> ByteSize | None:
+        if size is not None and size < RAY_OBJECT_STORE_MINIMUM:
+            raise ValueError(f"must be at least 75MiB (Ray's minimum), got {size.human_readable()}")
+        return size
+
+
 def _folder(default: str, description: str) -> Any:
     return Field(Path(default), validate_default=True, description=description)
 
@@ -219,7 +262,12 @@ class Config(BaseModel):
     styles_dir: Path | None = _folder("styles", "optional library of named style images; null = none")
     settle_seconds: float = Field(2.0, ge=0, description="a file unchanged this long counts as complete")
     pair_timeout: float = Field(600.0, gt=0, description="seconds a half pair waits for its partner")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field(
+        "auto", description="auto | cpu | cuda | cuda:N; with executor: ray, each actor's kind: auto | cuda | cpu"
+    )
+    executor: Literal["threads", "ray"] = Field(
+        "threads", description="threads (one device, in this process) | ray (an actor per device, via nst-batch[ray])"
+    )
     observer: Literal["native", "polling"] = Field(
         "native", description="native | polling (use polling on network filesystems)"
     )
@@ -239,6 +287,7 @@ class Config(BaseModel):
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="notifications (apprise)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="metrics for monitoring")
+    ray: RayConfig = Field(default_factory=RayConfig, description="the ray executor (executor: ray)")
     defaults: StyleParams = Field(
         default_factory=StyleParams, description="engine parameters of every job; a sidecar overrides them"
     )
@@ -256,6 +305,19 @@ class Config(BaseModel):
         return device
 
     @model_validator(mode="after")
+    def _ray_devices(self) -> "Config":
+        if self.executor != "ray":
+            return self  # the ray section is read only by the ray executor
+        if self.device.startswith("cuda:"):
+            raise ValueError(
+                f"{self.device} is one GPU of this process, but under executor: ray Ray gives each actor its GPU: "
+                "use device: cuda (or auto), and ray.devices for how many"
+            )
+        if self.device == "cpu" and self.ray.devices is None:
+            raise ValueError("CPU actors (device: cpu under executor: ray) need ray.devices: how many")
+        return self
+
+    @model_validator(mode="after")
     def _separate_folders(self) -> "Config":
         # Overlapping folders would feed results or archived inputs back in as new jobs.
         folders = {"inbox": self.inbox, "outbox": self.outbox, "state_dir": self.state_dir}
@@ -271,10 +333,11 @@ class Config(BaseModel):
         return self
 
     def summary(self) -> str:
-        return f"inbox={self.inbox}, outbox={self.outbox}, device={self.device}, weights={self.model.weights}"
+        executor = "" if self.executor == "threads" else f", executor=ray ({self.ray.address or 'local'})"
+        return f"inbox={self.inbox}, outbox={self.outbox}, device={self.device}{executor}, weights={self.model.weights}"
 
 
-_SECTIONS = ("model", "log", "defaults", "notify", "metrics")
+_SECTIONS = ("model", "log", "defaults", "notify", "metrics", "ray")
 
 
 def _override_path(key: str, item: str) -> tuple[str, ...]:
