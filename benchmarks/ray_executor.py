@@ -33,24 +33,12 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import cpu_name, photos  # noqa: E402  (benchmarks/, this script's folder)
 
 from nst_batch.daemon import service  # noqa: E402
 from nst_batch.settings.config import Config  # noqa: E402
-
-
-def photos(folder: Path, count: int, side: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:side, 0:side]
-    for i in range(count):
-        base = np.stack([x * 255 // side, y * 255 // side, (x + y + i * 7) % 256], -1)
-        noise = rng.integers(0, 40, (side, side, 3))
-        Image.fromarray(((base + noise) % 256).astype(np.uint8), "RGB").save(folder / f"p{i:05d}.png")
-    Image.fromarray(rng.integers(0, 256, (side, side, 3)).astype(np.uint8), "RGB").save(folder / "style.png")
 
 
 def serve(site: Path, args: argparse.Namespace, actors: int | None, token: Path) -> dict:
@@ -117,7 +105,7 @@ def main() -> None:
     threads = measured[0]
     figures = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{_cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}",
+        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}",
         "workload": {"photos": args.photos, "image_size": args.size, "iterations": args.iterations, "device": args.device},
         "runs": measured,
         "ray_overhead_s_per_result": {
@@ -131,16 +119,6 @@ def main() -> None:
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

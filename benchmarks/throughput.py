@@ -173,7 +173,7 @@ def report(measured: dict, args: argparse.Namespace) -> dict:
     outside = (on_run_thread - CPU["finishing on the run thread"] + CPU["finishing"] + CPU["dispatch"] + CPU["settling"]) / n
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{_cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}",
+        "machine": f"{cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}",
         "workload": {"photos": args.photos, "image_size": args.size, "iterations": args.iterations, "device": args.device,
                      "threads": args.threads},
         "results": n,
@@ -191,7 +191,7 @@ def report(measured: dict, args: argparse.Namespace) -> dict:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
