@@ -2,7 +2,6 @@
 marked ``ray`` run a two-node cluster of fake GPUs (``num_gpus`` declared, no CUDA) on 127.0.0.1
 only, and are skipped without the ray extra."""
 
-import hashlib
 import json
 import os
 import re
@@ -23,9 +22,9 @@ from nst_batch.daemon import actors
 from nst_batch.daemon.actors import LOOPBACK, actor_options, init_options, start_actors
 from nst_batch.daemon.runner import Runner
 from nst_batch.daemon.service import Service
-from nst_batch.daemon.shipping import Parcel
+from nst_batch.daemon.store import Action, Store
 from nst_batch.settings.config import RayConfig, load_config
-from nst_batch.util.errors import ConfigError, InputError
+from nst_batch.util.errors import ConfigError
 
 MIB = 2**20
 
@@ -38,7 +37,10 @@ def test_ray_never_retries_what_the_database_owns():
         options = actor_options(kind)
         assert options["max_restarts"] == 0 and options["max_task_retries"] == 0
     assert actor_options("cuda")["num_gpus"] == 1 and actor_options("cuda")["num_cpus"] == 0
-    assert actor_options("cpu") == {"max_restarts": 0, "max_task_retries": 0, "num_cpus": 1, "max_concurrency": 16}
+    assert actor_options("cpu") == {"max_restarts": 0, "max_task_retries": 0, "num_cpus": 1}
+    # However many runs an actor has, the daemon's reports and the lifeline have threads of their own.
+    assert actors.ACTOR_CLASS["max_concurrency"] >= 64  # the scheduler's max_concurrent, at most
+    assert set(actors.ACTOR_CLASS["concurrency_groups"]) == {actors.CONTROL, actors.LIFELINE}
     with pytest.raises(ValueError):
         actor_options("cuda:1")
 
@@ -57,6 +59,14 @@ def test_joining_a_cluster_takes_its_resources_as_they_are():
     assert init_options(RayConfig(address="auto"), LOOPBACK)["_node_ip_address"] == LOOPBACK
     with pytest.raises(ValueError):
         init_options(RayConfig(address="auto"), num_gpus=2)
+
+
+def test_an_actor_removes_the_inputs_its_nodes_dead_actors_left(tmp_path):
+    for name in ("pid-11", "pid-12", "pid-13", "other"):
+        (tmp_path / name / "job-1").mkdir(parents=True)
+    actors.sweep_inputs(tmp_path, alive=lambda pid: pid == 12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "pid-12"]
+    assert actors._alive(os.getpid()) and not actors._alive(2**22 + 1)  # above Linux's pid_max
 
 
 def test_usage_statistics_are_off_in_every_process_ray_starts(monkeypatch):
@@ -87,10 +97,6 @@ def test_token_authentication_with_a_token_of_its_own(tmp_path):
     assert (token.stat().st_mode & 0o777) == 0o600
     assert actors.auth_environment(token, create=True) == env and token.read_text() == text  # kept for restarts
     assert [p.name for p in token.parent.iterdir()] == ["ray-auth-token"]  # no temporary file left
-
-
-def test_the_token_lives_in_the_state_directory(tmp_path):
-    assert actors.token_path(tmp_path / "state") == tmp_path / "state" / "ray-auth-token"
 
 
 def test_joining_a_cluster_needs_its_token_and_makes_none_up(tmp_path):
@@ -230,23 +236,6 @@ def test_four_actors_on_four_devices_and_a_fifth_waits(cluster, tmp_path):
     finally:
         for actor in started:
             ray.kill(actor)
-
-
-@pytest.mark.ray
-def test_inputs_arrive_as_bytes_checked_on_the_actors_node(cluster, tmp_path):
-    ray = cluster
-    (actor,) = start_actors(ray, 1, "cuda", tmp_path / "node")
-    try:
-        data = b"content bytes"
-        parcel = Parcel(3, {"a.jpg": data}, {"a.jpg": hashlib.sha256(data).hexdigest()})
-        assert ray.get(actor.receive.remote(parcel), timeout=60) == parcel.sha256
-        assert (tmp_path / "node" / "job-3" / "a.jpg").read_bytes() == data
-        damaged = Parcel(4, {"a.jpg": data + b"!"}, parcel.sha256)
-        with pytest.raises(InputError, match="damaged on its way"):
-            ray.get(actor.receive.remote(damaged), timeout=60)
-        assert not (tmp_path / "node" / "job-4").exists()
-    finally:
-        ray.kill(actor)
 
 
 @pytest.mark.ray
@@ -461,29 +450,47 @@ def test_sigterm_checkpoints_on_the_node_and_the_restart_resumes_there_at_its_it
 
 
 @pytest.mark.ray
-def test_an_out_of_memory_retries_alone_and_an_actor_that_exits_is_replaced_and_its_run_queued_again(cluster, tmp_path):
+def test_an_out_of_memory_retries_alone_an_actor_that_exits_is_replaced_and_a_cancel_reaches_its_run(cluster, tmp_path):
     one_at_a_time = {"calibrate": False, "max_concurrent": 1, "max_batch": 1}
     with ray_service(tmp_path, FaultyRunner, ray={"devices": 2}, scheduler=one_at_a_time) as service:
         for name in ("oom", "exit", "fine"):
             drop_pair(service.config.inbox, name)
-        two_ready = lambda db: db.execute("SELECT COUNT(*) FROM devices WHERE state='ready'").fetchone()[0] == 2  # noqa: E731
-        serve_until(service, lambda db: jobs_ended(3)(db) and two_ready(db), timeout=150)  # the lost one replaced
+        drop_pair(service.config.inbox, "long", sidecar="iterations: 5000\n")
+        asked = []
+
+        def cancel_long_once_it_runs(db):
+            row = db.execute("SELECT runs.job_id, iteration FROM runs JOIN jobs ON jobs.id=runs.job_id "
+                             "WHERE jobs.name='long'").fetchone()
+            if row is not None and (row["iteration"] or 0) >= 5 and not asked:
+                with closing(Store(service.folders.state)) as store:
+                    asked.append(store.ask(Action.CANCEL, row["job_id"]))
+            ended = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('done', 'cancelled')").fetchone()[0]
+            ready = db.execute("SELECT COUNT(*) FROM devices WHERE state='ready'").fetchone()[0]
+            return ended == 4 and ready == 2  # the lost actor replaced
+
+        serve_until(service, cancel_long_once_it_runs, timeout=150)
         runs = {r.label: r for r in runs_of(service)}
         devices = service.store.devices()
     assert {label: (r.status, r.attempts) for label, r in runs.items()} == {
-        "oom": ("done", 2), "exit": ("done", 2), "fine": ("done", 1)
+        "oom": ("done", 2), "exit": ("done", 2), "fine": ("done", 1), "long": ("cancelled", 1),
     }
     assert runs["oom"].alone and not runs["exit"].alone
-    log = {name: (service.config.outbox / name / "log.txt").read_text() for name in runs}
+    assert 0 < runs["long"].iteration < 5000
+    log = {name: (service.config.outbox / name / "log.txt").read_text() for name in ("oom", "exit", "fine")}
     assert "out of memory" in log["oom"]
     assert "its actor on node-" in log["exit"] and "died" in log["exit"] and "queued again" in log["exit"]
+    nodes = service.folders.state / "nodes"
+    assert not list(nodes.glob("*/checkpoints/*")), "a checkpoint was left on a node"
+    # Inputs are left only by the actor that died mid-run; the next actor of its node removes them.
+    left = [p.parent.name for p in nodes.glob("*/inputs/*/*")]
+    assert len(left) <= 1 and all(not actors._alive(int(name.removeprefix("pid-"))) for name in left), left
     assert len(devices) == 0  # the daemon let go of its actors when it stopped
 
 
 @pytest.mark.ray
 def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in_one_folder(loopback_cluster, tmp_path):
     _, made, nodes = loopback_cluster
-    long = {"defaults": {"image_size": 32, "iterations": 100, "seed": 0}}
+    long = {"defaults": {"image_size": 32, "iterations": 100, "seed": 0}, "ray": {"devices": 2}}
     with ray_service(tmp_path, **long) as service:
         drop_pair(service.config.inbox, "moving")
         gone = []

@@ -50,8 +50,12 @@ RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0"}
 LOOPBACK_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The job database decides retries: Ray restarts no actor and re-runs no call.
 NO_RETRIES = {"max_restarts": 0, "max_task_retries": 0}
-# Calls an actor serves at once: its runs (a GPU's few), and the daemon's reports and stop beside them.
-ACTOR_CONCURRENCY = 16
+# Calls an actor serves at once: its runs in the default group (at most the scheduler's
+# max_concurrent, 64), and apart from them, so that no number of runs can keep them waiting, the
+# daemon's reports (progress, stop, cancel: ``CONTROL``) and the lifeline (``LIFELINE``).
+RUNS_AT_ONCE = 64
+CONTROL, LIFELINE = "control", "lifeline"
+CONCURRENCY_GROUPS = {CONTROL: 2, LIFELINE: 1}
 LOOPBACK = "127.0.0.1"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 TOKEN_NAME = "ray-auth-token"  # in state_dir: Ray's token (a cluster's is copied there from its head)
@@ -164,12 +168,16 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# Given to ray.remote (concurrency groups cannot be given in .options()).
+ACTOR_CLASS = {"max_concurrency": RUNS_AT_ONCE, "concurrency_groups": CONCURRENCY_GROUPS}
+
+
 def actor_options(kind: str) -> dict[str, Any]:
     """What one device's actor asks Ray for (pure): a whole GPU (``cuda``), or one CPU (``cpu``)."""
     if kind == "cuda":
-        return {**NO_RETRIES, "num_gpus": 1, "num_cpus": 0, "max_concurrency": ACTOR_CONCURRENCY}
+        return {**NO_RETRIES, "num_gpus": 1, "num_cpus": 0}
     if kind == "cpu":
-        return {**NO_RETRIES, "num_cpus": 1, "max_concurrency": ACTOR_CONCURRENCY}
+        return {**NO_RETRIES, "num_cpus": 1}
     raise ValueError(f"an actor runs on cuda or cpu, not {kind!r}")
 
 
@@ -237,8 +245,6 @@ class DeviceActor:
         self._threads: dict[int, int] = {}  # thread -> work key: whose log lines a record is
         self._jobs: dict[int, int] = {}  # job id -> works using its node-local inputs
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._closed = threading.Event()
 
     def where(self) -> Where:
         import ray
@@ -249,12 +255,6 @@ class DeviceActor:
         gpu_ids = tuple(str(gpu) for gpu in context.get_accelerator_ids().get("GPU", []))
         return Where(node, names[0] if names and names[0] else node, gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"),
                      os.getpid(), self.slot)
-
-    def receive(self, parcel: Parcel) -> dict[str, str]:
-        """Check a run's inputs and write them node-local; what was written, with each digest.
-        An ``InputError`` (a file changed or damaged) comes back to the daemon as the call's error."""
-        unpack(parcel, self.root)
-        return dict(parcel.sha256)
 
     def start(self) -> Ready:
         """Load the network on this actor's device and measure what is free then."""
@@ -274,7 +274,8 @@ class DeviceActor:
         folders = Folders(config)
         folders.checkpoints.mkdir(parents=True, exist_ok=True)
         # The actor's own: another actor of the node may be done with the same job's inputs meanwhile.
-        self._inputs = node_root / "inputs" / f"actor-{self.slot}"
+        self._inputs = node_root / "inputs" / f"pid-{os.getpid()}"
+        sweep_inputs(self._inputs.parent)
         self.runner = (self._runner_type or Runner)(config, folders, local_input_path(self._inputs))
         tuning.apply(config.performance, self.runner.device)
         self.runner.network(config.defaults.backbone)
@@ -302,7 +303,7 @@ class DeviceActor:
         from .measure import PeakMeter
         from .runner import Ending, failure_outcome
 
-        work = _Work(Halt(self._stop))
+        work = _Work(Halt(threading.Event()))  # stopped by the daemon's report, work by work
         with self._lock:
             self._works[key] = work
             self._threads[threading.get_ident()] = key
@@ -327,6 +328,7 @@ class DeviceActor:
                     if not self._jobs[parcel.job_id]:
                         del self._jobs[parcel.job_id]
                         shutil.rmtree(job_folder(self._inputs, parcel.job_id), ignore_errors=True)
+            sweep_inputs(self._inputs.parent)
         kept = (Ending.STOPPED, Ending.OUT_OF_MEMORY, Ending.RETRY, Ending.NO_SPACE)
         for (_, run), outcome in zip(runs, outcomes, strict=True):
             if outcome.ending not in kept:
@@ -342,21 +344,21 @@ class DeviceActor:
         if work is None:  # not begun yet, or ended: its ``run`` call answers
             return Report()
         if stop:
-            work.halt.pause()
+            work.halt.pause()  # checkpoint and return, to resume later
         for run_id in cancelled:
             work.halt.cancel(run_id)
         with self._lock:
             return work.drain()
 
-    def lifeline(self) -> bool:
-        """Returns once the actor is closed: until then, a call that fails says the actor died."""
-        self._closed.wait()
-        return True
+    def forget(self, run_ids: Sequence[int]) -> None:
+        """Remove these runs' checkpoints from the node (their jobs have ended)."""
+        for run_id in run_ids:
+            self.runner.folders.checkpoint(run_id).unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop every run (each checkpoints) and end the lifeline."""
-        self._stop.set()
-        self._closed.set()
+    def lifeline(self) -> bool:
+        """Never returns while the actor lives: a call that fails says the actor died."""
+        threading.Event().wait()
+        return True
 
     def _collect(self, message: Any) -> None:
         """A loguru sink: a job's log line, kept for the work whose thread wrote it."""
@@ -377,6 +379,29 @@ class _Progress:
         self.work.progress[run_id] = (iteration, total_iterations, loss)
 
 
+def sweep_inputs(folder: Path, alive: Any = None) -> None:
+    """Remove the inputs of this node's actors that died (``pid-N`` folders of processes gone)."""
+    alive = alive or _alive
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name.removeprefix("pid-")
+        if entry.name.startswith("pid-") and pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def node_folder(node_name: str) -> str:
     """A node's folder under the actors' root (pure): its name, with only letters, digits, - and _."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", node_name) or "_"
@@ -388,7 +413,7 @@ def start_actors(
 ) -> list[Any]:
     """``count`` actors of ``kind`` (``cuda`` or ``cpu``); each starts once Ray has a device for it.
     With a ``config`` they can ``start`` and run (``runner_type``: tests inject faults)."""
-    remote = ray.remote(DeviceActor)
+    remote = ray.remote(**ACTOR_CLASS)(DeviceActor)
     blob = pickle.dumps(config) if config is not None else None
     return [
         remote.options(**actor_options(kind)).remote(str(local_root), blob, first_slot + i, runner_type)

@@ -78,6 +78,8 @@ class Dispatcher:
             self.finisher.give_up(run, f"the daemon stopped during each of {run.attempts} attempts")
             return None
         fit = self.capacity.fit_alone(self.store, run)
+        if (fit.refusal is not None or fit.warning is not None) and self.workers.starting_on():
+            return None  # a device still starting may hold it as it is: it waits, unchanged
         log = logger.bind(job=f"job-{run.job_id}")
         if fit.refusal is not None:
             log.error(f"{run.label}: {fit.refusal}")

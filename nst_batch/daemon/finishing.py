@@ -66,7 +66,7 @@ class Finisher:
         if outcome.ending == Ending.CANCELLED or self.store.job(job.id).status == JobStatus.CANCELLING:
             # A job being cancelled keeps nothing of a run, even one that ended meanwhile.
             self.store.cancel_run(run.id)
-            self.publisher.folders.checkpoint(run.id).unlink(missing_ok=True)
+            self.publisher.forget([run])
             log.info(f"{run.label}: cancelled")
             return
         match outcome.ending:

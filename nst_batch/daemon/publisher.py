@@ -82,8 +82,13 @@ class Publisher:
     """The finishing thread (see the module's doc). ``write`` and ``publish`` may be called from
     any thread; everything else of it runs on its own."""
 
-    def __init__(self, config: Config, folders: Folders, device: torch.device):
+    def __init__(
+        self, config: Config, folders: Folders, device: torch.device,
+        forget: Callable[[list[RunRecord]], None] | None = None,
+    ):
         self.config, self.folders, self.device = config, folders, device
+        # Removes ended runs' checkpoints: here, or on the nodes that ran them (the ray executor).
+        self.forget = forget or self._forget_here
         self._tasks: queue.Queue[Callable[[Store], None] | None] = queue.Queue()
         self._write_slots = threading.BoundedSemaphore(WRITES_WAITING)
         self._lock = threading.Lock()
@@ -97,6 +102,10 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self.writes_begun = 0  # how many pieces of work it has begun writing, ever
         self.writing = False
+
+    def _forget_here(self, runs: list[RunRecord]) -> None:
+        for run in runs:
+            self.folders.checkpoint(run.id).unlink(missing_ok=True)
 
     # --- the thread ------------------------------------------------------------------------
 
@@ -249,8 +258,7 @@ class Publisher:
         else:
             self._keep_log(job.id)
         shutil.rmtree(staging, ignore_errors=True)
-        for run in runs:
-            self.folders.checkpoint(run.id).unlink(missing_ok=True)
+        self.forget(runs)
         if ending == JobStatus.CANCELLED:
             done = sum(r.status == RunStatus.DONE for r in runs)
             note = f"{job.name} (job-{job.id}) was cancelled by `nst-batch cancel`"

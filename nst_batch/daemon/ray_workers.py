@@ -37,15 +37,18 @@ from .placement import Device
 from .publisher import Publisher
 from .runner import PROGRESS_EVERY_S, Ending, Outcome, Unwritten, failure_outcome
 from .shipping import Parcel, pack, run_inputs
-from .store import DeviceRecord, DeviceState, Store
+from .store import DeviceRecord, DeviceState, RunRecord, Store
 from .workers import Work, Workers
 
 NODES_FOLDER = "nodes"  # under state_dir: each node's checkpoints and inputs, in a folder of its own
 REPORT_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 600.0
+RESTART_DELAY_S = 1.0  # before a dead actor's replacement starts; doubled with each death of its slot...
+MAX_RESTART_DELAY_S = 300.0  # ...up to this
+MAX_START_DEATHS = 3  # a slot whose actors die this many times before one is ready is given up
 # After a start, a run whose checkpoint is on a node waits this long at most for the pool's actors
 # there: they start one by one, and the first ones ready must not take it elsewhere to start again.
 RESUME_GRACE_S = 120.0
-CLOSE_TIMEOUT_S = 30.0
 
 
 def actor_kind(config: Config) -> str:
@@ -55,18 +58,25 @@ def actor_kind(config: Config) -> str:
 
 @dataclass
 class _Slot:
-    """One device of the pool: its actor, and what it said once it was ready."""
+    """One device of the pool: its actor (the latest, after any that died), and what it said once ready."""
 
     index: int
-    actor: Any
-    starting: Any  # the ObjectRef of its start()
-    lifeline: Any  # the ObjectRef of its lifeline(): ready when the actor has died
+    actor: Any = None
+    starting: Any = None  # the ObjectRef of its start()
+    lifeline: Any = None  # the ObjectRef of its lifeline(): it fails when the actor dies
     ready: Ready | None = None
-    dead: bool = False
+    deaths: int = 0  # of its actors, so far
+    restart_at: float = 0.0  # monotonic time before which no new actor is started for it
+    failed: bool = False  # its actors cannot start: no more are tried
+    budget: int = 0  # its device's budget, the last that was measured (kept while a replacement starts)
 
     @property
     def key(self) -> tuple[str, str] | None:
         return None if self.ready is None else (self.ready.where.node_name, self.ready.where.device)
+
+    @property
+    def starting_now(self) -> bool:
+        return self.actor is not None and self.ready is None
 
 
 class RayWorkers(Workers):
@@ -83,7 +93,6 @@ class RayWorkers(Workers):
         self.ray: Any = None
         self._owned = False  # whether this daemon started or joined Ray (else it was joined already)
         self._slots: list[_Slot] = []
-        self._on: dict[int, _Slot] = {}  # id(work) -> the slot it runs on
         self._keys = itertools.count(1)
         self._shown: list[DeviceRecord] | None = None
         self._calibrated = not config.scheduler.calibrate
@@ -105,49 +114,81 @@ class RayWorkers(Workers):
         count = config.ray.devices or int(ray.cluster_resources().get("GPU", 0))
         if count < 1:
             raise ConfigError("executor: ray found no GPU in Ray: give ray.devices, or use device: cpu with ray.devices")
-        self._slots = [self._new_slot(index) for index in range(count)]
+        self._slots = [_Slot(index) for index in range(count)]
+        for slot in self._slots:
+            self._start_actor(slot)
         self._opened = time.monotonic()
         logger.info(f"ray executor: {count} {self.kind} actor(s) asked for")
-        while not any(slot.ready for slot in self._slots):
-            if self.stop.is_set():
-                break
-            self.ray.wait([slot.starting for slot in self._slots if not slot.dead], num_returns=1, timeout=1.0)
-            self._refresh()
-            if all(slot.dead for slot in self._slots):
+        while not any(slot.ready for slot in self._slots) and not self.stop.is_set():
+            waiting = [slot.starting for slot in self._slots if slot.starting_now]
+            if waiting:
+                self.ray.wait(waiting, num_returns=1, timeout=1.0)
+            else:
+                time.sleep(0.5)  # every actor died: replacements wait for their back-off
+            self.tick()
+            if all(slot.failed for slot in self._slots):
                 raise ConfigError("executor: ray: no actor could start (see the log above)")
         return f"ray ({config.ray.address or 'its own, on 127.0.0.1'}), {count} {self.kind} device(s)"
 
-    def _new_slot(self, index: int) -> _Slot:
-        (actor,) = actors.start_actors(
-            self.ray, 1, self.kind, self.folders.state / NODES_FOLDER, self.config, self.runner_type, first_slot=index
+    def _start_actor(self, slot: _Slot) -> None:
+        (slot.actor,) = actors.start_actors(
+            self.ray, 1, self.kind, self.folders.state / NODES_FOLDER, self.config, self.runner_type,
+            first_slot=slot.index,
         )
-        return _Slot(index, actor, actor.start.remote(), actor.lifeline.remote())
+        slot.ready = None
+        slot.starting = slot.actor.start.remote()
+        slot.lifeline = slot.actor.lifeline.options(concurrency_group=actors.LIFELINE).remote()
 
-    def _refresh(self) -> None:
-        """Take in actors that became ready, and replace those that died (main thread)."""
-        for slot in list(self._slots):
-            if slot.ready is None and not slot.dead and self._done(slot.starting):
-                try:
-                    slot.ready = self.ray.get(slot.starting)
-                except Exception as error:
-                    if not self._actor_died(error):
-                        logger.error(f"a {self.kind} actor could not start: {error}")
-                        slot.dead = True  # its own fault: another would fail alike
-                        continue
-                else:
-                    where = slot.ready.where
-                    logger.info(f"{where.node_name} {where.device} ready (pid {where.pid}, "
-                                f"budget {slot.ready.budget / 2**30:.2f} GiB)")
-                    self._calibrate(slot)
-            if not slot.dead and self._done(slot.lifeline):
-                place = " ".join(slot.key) if slot.key else f"actor {slot.index}"
-                logger.warning(f"{place}: its actor died; starting another (its runs are queued again)")
-                slot.dead = True
-                self._slots[self._slots.index(slot)] = self._new_slot(slot.index)
-        ready = [slot.ready for slot in self._slots if slot.ready is not None and not slot.dead]
+    def tick(self) -> None:
+        """The main loop's turn for the pool: take in actors that became ready, replace those that
+        died (after a back-off that doubles with each death), show the devices in the status."""
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.failed:
+                continue
+            if slot.actor is None:
+                if now >= slot.restart_at:
+                    self._start_actor(slot)
+                continue
+            if slot.ready is None and self._done(slot.starting):
+                self._take_ready(slot)
+            if slot.actor is not None and self._done(slot.lifeline):
+                self._lost(slot, now)
+        ready = [slot for slot in self._slots if slot.ready is not None]
         if ready:
-            self.capacity.use_devices(ready[0].device_key, [r.budget for r in ready])
+            budgets = [slot.budget for slot in self._slots if slot.budget and not slot.failed]
+            self.capacity.use_devices(ready[0].ready.device_key, budgets)
         self._show()
+
+    def _take_ready(self, slot: _Slot) -> None:
+        try:
+            slot.ready = self.ray.get(slot.starting)
+        except Exception as error:
+            if self._actor_died(error):
+                return  # its lifeline says so too: replaced below
+            logger.error(f"a {self.kind} actor could not start: {error}")
+            self.ray.kill(slot.actor, no_restart=True)
+            slot.actor, slot.failed = None, True  # its own fault: another would fail alike
+            return
+        slot.budget = slot.ready.budget
+        where = slot.ready.where
+        logger.info(f"{where.node_name} {where.device} ready (pid {where.pid}, budget {slot.budget / 2**30:.2f} GiB)")
+        self._calibrate(slot)
+
+    def _lost(self, slot: _Slot, now: float) -> None:
+        """The slot's actor died: another is started for it, after a back-off; one that dies
+        before it is ever ready, MAX_START_DEATHS times over, is given up."""
+        place = " ".join(slot.key) if slot.key else f"actor {slot.index}"
+        was_ready = slot.ready is not None
+        slot.deaths += 1
+        slot.actor, slot.ready = None, None
+        if not was_ready and slot.deaths >= MAX_START_DEATHS:
+            slot.failed = True
+            logger.error(f"{place}: its actor died {slot.deaths} times before it was ready; no more are started")
+            return
+        delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (slot.deaths - 1))
+        slot.restart_at = now + delay
+        logger.warning(f"{place}: its actor died; another starts in {delay:g} s (its runs are queued again)")
 
     def _calibrate(self, slot: _Slot) -> None:
         """The memory model's probes, once, on the first device ready."""
@@ -157,7 +198,8 @@ class RayWorkers(Workers):
         backbone = self.config.defaults.backbone
         self.capacity.use_devices(slot.ready.device_key, [slot.ready.budget])
         try:
-            samples = self.ray.get(slot.actor.probe.remote(backbone), timeout=600)
+            call = slot.actor.probe.options(concurrency_group=actors.CONTROL).remote(backbone)
+            samples = self.ray.get(call, timeout=PROBE_TIMEOUT_S)
         except Exception as error:
             logger.warning(f"the memory model's probes failed on {' '.join(slot.key)}: {error}; the prior is used")
             return
@@ -167,12 +209,10 @@ class RayWorkers(Workers):
         """The devices as `nst-batch status` shows them, written when they change."""
         shown = []
         for slot in self._slots:
-            if slot.dead:
-                continue
-            if slot.ready is None:
-                shown.append(DeviceRecord("-", f"actor {slot.index}", DeviceState.STARTING))
-            else:
-                shown.append(DeviceRecord(*slot.key, DeviceState.READY, slot.ready.budget))
+            if slot.ready is not None:
+                shown.append(DeviceRecord(*slot.key, DeviceState.READY, slot.budget))
+            elif not slot.failed:
+                shown.append(DeviceRecord("-", f"actor {slot.index}", DeviceState.STARTING, slot.budget))
         if shown != self._shown:
             self.store.set_devices(shown)
             self._shown = shown
@@ -182,39 +222,46 @@ class RayWorkers(Workers):
         return bool(done)
 
     def _actor_died(self, error: Exception) -> bool:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
 
-        return isinstance(error, (ActorDiedError, ActorUnavailableError, RayActorError))
+        return isinstance(error, RayActorError)
 
     def starting_on(self) -> frozenset[str]:
         """While some actors are still starting, for at most RESUME_GRACE_S after the daemon started:
         every live node (one of them may be where a checkpoint waits). Then none: a node without
         a device of the pool by then is, for its checkpoints, gone."""
-        if time.monotonic() - self._opened > RESUME_GRACE_S or all(s.ready or s.dead for s in self._slots):
+        if time.monotonic() - self._opened > RESUME_GRACE_S or not any(s.starting_now for s in self._slots):
             return frozenset()
         return frozenset(n["NodeName"] for n in self.ray.nodes() if n.get("Alive") and n.get("NodeName"))
 
     def devices(self, budget: int, max_concurrent: int) -> list[Device]:
-        self._refresh()
         devices = []
         for slot in self._slots:
-            if slot.ready is None or slot.dead:
+            if slot.ready is None:
                 continue
-            running = tuple(work.as_active for work in self.active if self._on.get(id(work)) is slot)
-            devices.append(Device(*slot.key, slot.ready.budget, max_concurrent, running))
+            running = tuple(work.as_active for work in self.active if (work.node, work.device) == slot.key)
+            devices.append(Device(*slot.key, slot.budget, max_concurrent, running))
         return devices
 
+    def forget(self, runs: list[RunRecord]) -> None:
+        """Remove ended runs' checkpoints from their nodes (from any thread; a node without a ready
+        actor keeps them)."""
+        by_node: dict[str, list[int]] = {}
+        for run in runs:
+            if run.node is not None:
+                by_node.setdefault(run.node, []).append(run.id)
+        for slot in list(self._slots):
+            ready, actor = slot.ready, slot.actor
+            if ready is not None and actor is not None and ready.where.node_name in by_node:
+                actor.forget.options(concurrency_group=actors.CONTROL).remote(by_node.pop(ready.where.node_name))
+
     def close(self) -> None:
-        """After ``join``: every actor closed and killed; Ray shut down if this daemon started or joined it."""
+        """After ``join``: every actor killed; Ray shut down if this daemon started or joined it."""
         if self.ray is None:
             return
         for slot in self._slots:
-            try:
-                slot.actor.close.remote()
-            except Exception:  # already gone
-                pass
-        for slot in self._slots:
-            self.ray.kill(slot.actor)
+            if slot.actor is not None:
+                self.ray.kill(slot.actor, no_restart=True)
         self.store.set_devices([])
         if self._owned:
             self.ray.shutdown()
@@ -223,35 +270,24 @@ class RayWorkers(Workers):
     # --- work ------------------------------------------------------------------------------
 
     def start(self, work: Work) -> None:
-        (slot,) = [s for s in self._slots if not s.dead and s.key == (work.node, work.device)]
-        self._on[id(work)] = slot
+        (work.actor,) = [s.actor for s in self._slots if s.ready is not None and s.key == (work.node, work.device)]
         super().start(work)
 
-    def finished(self) -> list[Work]:
-        done = super().finished()
-        for work in done:
-            self._on.pop(id(work), None)
-        return done
-
     def _execute(self, work: Work, store: Store) -> list[Outcome]:
-        slot = self._on[id(work)]
         try:
             parcels = _parcels(work, self.folders)
         except Exception as error:  # an input gone or unreadable on the daemon's disk
             return [failure_outcome(error, "reading its inputs: ")] * len(work.runs)
         key = next(self._keys)
-        call = slot.actor.run.remote(key, work.runs, parcels, not work.shared)
-        told_stop = False
-        told_cancelled: set[int] = set()
-        while True:
-            done, _ = self.ray.wait([call], timeout=PROGRESS_EVERY_S)
-            if done:
-                break
+        call = work.actor.run.remote(key, work.runs, parcels, not work.shared)
+        told_stop, told_cancelled = False, set()
+        while not self.ray.wait([call], timeout=PROGRESS_EVERY_S)[0]:
             stop = work.halt.is_set() and not told_stop
             cancelled = tuple(r.id for _, r in work.runs if work.halt.cancelled(r.id) and r.id not in told_cancelled)
+            report = work.actor.report.options(concurrency_group=actors.CONTROL).remote(key, stop, cancelled)
             try:
-                report = self.ray.get(slot.actor.report.remote(key, stop, cancelled), timeout=REPORT_TIMEOUT_S)
-            except Exception:  # the actor died or is stuck: the call below says which
+                report = self.ray.get(report, timeout=REPORT_TIMEOUT_S)
+            except Exception:  # the actor died or is stuck: the call says which
                 continue
             told_stop |= stop
             told_cancelled.update(cancelled)
@@ -261,14 +297,25 @@ class RayWorkers(Workers):
         except Exception as error:
             if not self._actor_died(error):
                 raise
-            where = f"{work.node} {work.device}"
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            for job, run in work.runs:  # into the job's log too: its sink is open until the work is collected
-                logger.bind(job=job.label).warning(f"{run.label}: its actor on {where} died: {reason}; queued again")
-            return [Outcome(Ending.RETRY, f"its actor on {where} died: {reason}")] * len(work.runs)
+            return self._died(work, error)
         self._take(report, work, store)
         work.peak_bytes = report.peak_bytes
         return [self._here(outcome, job.id) for (job, _), outcome in zip(work.runs, report.outcomes, strict=True)]
+
+    def _died(self, work: Work, error: Exception) -> list[Outcome]:
+        """The work's actor died (or cannot be reached: it is killed, so that it never runs on
+        unseen): its runs are queued again, but for those being cancelled."""
+        self.ray.kill(work.actor, no_restart=True)  # its lifeline then fails: the main loop replaces it
+        where = f"{work.node} {work.device}"
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        outcomes = []
+        for job, run in work.runs:  # into the job's log too: its sink is open until the work is collected
+            if work.halt.cancelled(run.id):
+                outcomes.append(Outcome(Ending.CANCELLED))
+                continue
+            logger.bind(job=job.label).warning(f"{run.label}: its actor on {where} died: {reason}; queued again")
+            outcomes.append(Outcome(Ending.RETRY, f"its actor on {where} died: {reason}"))
+        return outcomes
 
     def _take(self, report: Report, work: Work, store: Store) -> None:
         """A report's progress into the job database, its lines into the jobs' logs (here: each

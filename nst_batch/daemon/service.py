@@ -84,7 +84,7 @@ class Service:
 
         kind = torch.device(actor_kind(self.config))
         self.capacity = Capacity(self.config, kind, key=kind.type)  # the actors' own kind, once one is ready
-        self.publisher = Publisher(self.config, self.folders, kind)
+        self.publisher = Publisher(self.config, self.folders, kind, forget=lambda runs: self.workers.forget(runs))
         workers = RayWorkers(
             self.config, self.folders, self.publisher, self.store, self.stop, self.work.set, self.capacity, actor_runner
         )
@@ -107,6 +107,7 @@ class Service:
             self._start()
             while not self.stop.is_set():
                 self.control.tick()  # pause, resume, cancel, retry: within a tick of being asked
+                self.workers.tick()  # the ray executor's pool: actors ready, dead ones replaced
                 for work in self.workers.finished():
                     self._settle(work)
                 idle = not self.dispatcher.dispatch() and not self.workers.busy

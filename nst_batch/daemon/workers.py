@@ -15,6 +15,7 @@ interface: ``devices`` (what placement may put work on), ``start``, ``finished``
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from loguru import logger
 
@@ -49,6 +50,7 @@ class Work:
     left_device: threading.Event = field(default_factory=threading.Event, repr=False)  # its results handed on
     ended: threading.Event = field(default_factory=threading.Event, repr=False)  # outcomes final, files written
     halt: Halt | None = field(default=None, repr=False)  # set by start(): the daemon's stop, a pause --now, a cancel
+    actor: Any = field(default=None, repr=False)  # the ray executor's actor it runs on
 
     @property
     def on_device(self) -> bool:
@@ -102,6 +104,9 @@ class Workers:
     def devices(self, budget: int, max_concurrent: int) -> list[Device]:
         """The devices work may be placed on now, each with what runs on it: here, the one."""
         return [Device(LOCAL, LOCAL, budget, max_concurrent, tuple(work.as_active for work in self.active))]
+
+    def tick(self) -> None:
+        """The main loop's turn for the devices (the ray executor's pool): nothing to do here."""
 
     def starting_on(self) -> frozenset[str]:
         """The nodes where devices are still starting (their runs' checkpoints wait for them): none here."""
