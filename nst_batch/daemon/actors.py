@@ -216,6 +216,7 @@ class Report:
     lines: tuple[tuple[str, str, str], ...] = ()  # (level, job label, message), in order
     outcomes: tuple["Outcome", ...] = ()
     peak_bytes: int = 0
+    found: bool = True  # False: the work was not (or no longer) on the actor when asked
 
 
 class _Work:
@@ -342,7 +343,7 @@ class DeviceActor:
         with self._lock:
             work = self._works.get(key)
         if work is None:  # not begun yet, or ended: its ``run`` call answers
-            return Report()
+            return Report(found=False)
         if stop:
             work.halt.pause()  # checkpoint and return, to resume later
         for run_id in cancelled:
@@ -352,6 +353,8 @@ class DeviceActor:
 
     def forget(self, run_ids: Sequence[int]) -> None:
         """Remove these runs' checkpoints from the node (their jobs have ended)."""
+        if self.runner is None:  # not started: it knows no checkpoint folder yet
+            return
         for run_id in run_ids:
             self.runner.folders.checkpoint(run_id).unlink(missing_ok=True)
 

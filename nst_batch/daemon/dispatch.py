@@ -41,7 +41,10 @@ class Dispatcher:
         devices = self.workers.devices(self.capacity.budget, self.capacity.max_concurrent)
         if all(len(device.running) >= device.max_concurrent for device in devices):  # no slot: nothing to read the queue for
             return 0
-        queued = [started for run in self._window(len(devices)) if (started := self._startable(run)) is not None]
+        starting = self.workers.starting_on()
+        queued = [
+            started for run in self._window(len(devices)) if (started := self._startable(run, starting)) is not None
+        ]
         if not queued:
             return 0
         placed = self.workers.placed
@@ -50,7 +53,7 @@ class Dispatcher:
                       self.batch_key(r), self.capacity.shared_bytes(self.store, r), r.node if placed else None)
             for r in queued
         ]
-        chosen = place(candidates, devices, self.capacity.max_batch, self.workers.starting_on())
+        chosen = place(candidates, devices, self.capacity.max_batch, starting)
         by_id = {run.id: run for run in queued}
         for where in chosen:
             runs = []
@@ -71,14 +74,14 @@ class Dispatcher:
         wanted = 4 * devices * self.capacity.max_concurrent * self.capacity.max_batch
         return self.store.queued_runs(limit=min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, wanted)))
 
-    def _startable(self, run: RunRecord) -> RunRecord | None:
+    def _startable(self, run: RunRecord, starting: frozenset[str] = frozenset()) -> RunRecord | None:
         """The run, changed by the too_big policy if it cannot fit even alone; None if it is
         refused, or was running each time the daemon died."""
         if run.attempts >= self.max_attempts:
             self.finisher.give_up(run, f"the daemon stopped during each of {run.attempts} attempts")
             return None
         fit = self.capacity.fit_alone(self.store, run)
-        if (fit.refusal is not None or fit.warning is not None) and self.workers.starting_on():
+        if (fit.refusal is not None or fit.warning is not None) and starting:
             return None  # a device still starting may hold it as it is: it waits, unchanged
         log = logger.bind(job=f"job-{run.job_id}")
         if fit.refusal is not None:

@@ -65,7 +65,8 @@ class _Slot:
     starting: Any = None  # the ObjectRef of its start()
     lifeline: Any = None  # the ObjectRef of its lifeline(): it fails when the actor dies
     ready: Ready | None = None
-    deaths: int = 0  # of its actors, so far
+    deaths: int = 0  # of its actors, so far (the back-off)
+    deaths_unready: int = 0  # of its actors since one was last ready (given up at MAX_START_DEATHS)
     restart_at: float = 0.0  # monotonic time before which no new actor is started for it
     failed: bool = False  # its actors cannot start: no more are tried
     budget: int = 0  # its device's budget, the last that was measured (kept while a replacement starts)
@@ -97,6 +98,8 @@ class RayWorkers(Workers):
         self._shown: list[DeviceRecord] | None = None
         self._calibrated = not config.scheduler.calibrate
         self._opened = 0.0
+        self._device_key: str | None = None  # the memory model's kind of device: the first ready actor's
+        self._killed: set[int] = set()  # id() of actors a work thread killed: nothing more is placed on them
 
     # --- the pool --------------------------------------------------------------------------
 
@@ -125,9 +128,7 @@ class RayWorkers(Workers):
                 self.ray.wait(waiting, num_returns=1, timeout=1.0)
             else:
                 time.sleep(0.5)  # every actor died: replacements wait for their back-off
-            self.tick()
-            if all(slot.failed for slot in self._slots):
-                raise ConfigError("executor: ray: no actor could start (see the log above)")
+            self.tick()  # raises when every device is given up
         return f"ray ({config.ray.address or 'its own, on 127.0.0.1'}), {count} {self.kind} device(s)"
 
     def _start_actor(self, slot: _Slot) -> None:
@@ -154,11 +155,11 @@ class RayWorkers(Workers):
                 self._take_ready(slot)
             if slot.actor is not None and self._done(slot.lifeline):
                 self._lost(slot, now)
-        ready = [slot for slot in self._slots if slot.ready is not None]
-        if ready:
-            budgets = [slot.budget for slot in self._slots if slot.budget and not slot.failed]
-            self.capacity.use_devices(ready[0].ready.device_key, budgets)
+        if self._device_key is not None:
+            self.capacity.use_devices(self._device_key, [s.budget for s in self._slots if s.budget and not s.failed])
         self._show()
+        if self._slots and all(slot.failed for slot in self._slots):
+            raise ConfigError("executor: ray: no actor could start (see the log above)")
 
     def _take_ready(self, slot: _Slot) -> None:
         try:
@@ -167,10 +168,12 @@ class RayWorkers(Workers):
             if self._actor_died(error):
                 return  # its lifeline says so too: replaced below
             logger.error(f"a {self.kind} actor could not start: {error}")
-            self.ray.kill(slot.actor, no_restart=True)
+            self._kill(slot.actor)
             slot.actor, slot.failed = None, True  # its own fault: another would fail alike
             return
-        slot.budget = slot.ready.budget
+        slot.budget, slot.deaths_unready = slot.ready.budget, 0
+        if self._device_key is None:
+            self._device_key = slot.ready.device_key
         where = slot.ready.where
         logger.info(f"{where.node_name} {where.device} ready (pid {where.pid}, budget {slot.budget / 2**30:.2f} GiB)")
         self._calibrate(slot)
@@ -179,14 +182,16 @@ class RayWorkers(Workers):
         """The slot's actor died: another is started for it, after a back-off; one that dies
         before it is ever ready, MAX_START_DEATHS times over, is given up."""
         place = " ".join(slot.key) if slot.key else f"actor {slot.index}"
-        was_ready = slot.ready is not None
+        if slot.ready is None:
+            slot.deaths_unready += 1
         slot.deaths += 1
+        self._kill(slot.actor)  # dead, or only unreachable: either way it runs nothing more
         slot.actor, slot.ready = None, None
-        if not was_ready and slot.deaths >= MAX_START_DEATHS:
+        if slot.deaths_unready >= MAX_START_DEATHS:
             slot.failed = True
-            logger.error(f"{place}: its actor died {slot.deaths} times before it was ready; no more are started")
+            logger.error(f"{place}: its actors died {slot.deaths_unready} times before one was ready; no more are started")
             return
-        delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (slot.deaths - 1))
+        delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** min(slot.deaths - 1, 16))
         slot.restart_at = now + delay
         logger.warning(f"{place}: its actor died; another starts in {delay:g} s (its runs are queued again)")
 
@@ -196,7 +201,7 @@ class RayWorkers(Workers):
             return
         self._calibrated = True
         backbone = self.config.defaults.backbone
-        self.capacity.use_devices(slot.ready.device_key, [slot.ready.budget])
+        self.capacity.use_devices(self._device_key, [slot.ready.budget])
         try:
             call = slot.actor.probe.options(concurrency_group=actors.CONTROL).remote(backbone)
             samples = self.ray.get(call, timeout=PROBE_TIMEOUT_S)
@@ -216,6 +221,14 @@ class RayWorkers(Workers):
         if shown != self._shown:
             self.store.set_devices(shown)
             self._shown = shown
+
+    def _kill(self, actor: Any) -> None:
+        """From any thread: the actor is ended by Ray, and nothing more is placed on it."""
+        self._killed.add(id(actor))
+        self.ray.kill(actor, no_restart=True)
+
+    def _placeable(self, slot: _Slot) -> bool:
+        return slot.ready is not None and id(slot.actor) not in self._killed
 
     def _done(self, ref: Any) -> bool:
         done, _ = self.ray.wait([ref], timeout=0)
@@ -237,7 +250,7 @@ class RayWorkers(Workers):
     def devices(self, budget: int, max_concurrent: int) -> list[Device]:
         devices = []
         for slot in self._slots:
-            if slot.ready is None:
+            if not self._placeable(slot):
                 continue
             running = tuple(work.as_active for work in self.active if (work.node, work.device) == slot.key)
             devices.append(Device(*slot.key, slot.budget, max_concurrent, running))
@@ -270,7 +283,7 @@ class RayWorkers(Workers):
     # --- work ------------------------------------------------------------------------------
 
     def start(self, work: Work) -> None:
-        (work.actor,) = [s.actor for s in self._slots if s.ready is not None and s.key == (work.node, work.device)]
+        (work.actor,) = [s.actor for s in self._slots if self._placeable(s) and s.key == (work.node, work.device)]
         super().start(work)
 
     def _execute(self, work: Work, store: Store) -> list[Outcome]:
@@ -289,8 +302,9 @@ class RayWorkers(Workers):
                 report = self.ray.get(report, timeout=REPORT_TIMEOUT_S)
             except Exception:  # the actor died or is stuck: the call says which
                 continue
-            told_stop |= stop
-            told_cancelled.update(cancelled)
+            if report.found:  # else the run call has not reached the actor yet: told again next time
+                told_stop |= stop
+                told_cancelled.update(cancelled)
             self._take(report, work, store)
         try:
             report: Report = self.ray.get(call)
@@ -305,7 +319,7 @@ class RayWorkers(Workers):
     def _died(self, work: Work, error: Exception) -> list[Outcome]:
         """The work's actor died (or cannot be reached: it is killed, so that it never runs on
         unseen): its runs are queued again, but for those being cancelled."""
-        self.ray.kill(work.actor, no_restart=True)  # its lifeline then fails: the main loop replaces it
+        self._kill(work.actor)  # its lifeline then fails: the main loop replaces it
         where = f"{work.node} {work.device}"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         outcomes = []

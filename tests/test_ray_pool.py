@@ -1,0 +1,169 @@
+"""The ray executor's pool of actors (``RayWorkers.tick``): actors taken in when ready, replaced
+after a doubling back-off when they die, given up when they never get ready; a killed actor is
+offered to placement no more. Ray is played by a fake: no Ray needed."""
+
+import threading
+
+import pytest
+import torch
+
+from nst_batch.daemon import ray_workers
+from nst_batch.daemon.actors import Ready, Where
+from nst_batch.daemon.capacity import Capacity
+from nst_batch.daemon.folders import Folders
+from nst_batch.daemon.publisher import Publisher
+from nst_batch.daemon.ray_workers import RayWorkers, _Slot
+from nst_batch.daemon.store import Store
+from nst_batch.settings.config import Config
+from nst_batch.util.errors import ConfigError
+
+
+class Died(Exception):
+    pass
+
+
+class Ref:
+    def __init__(self):
+        self.done, self.value, self.error = False, None, None
+
+    def finish(self, value=None, error=None):
+        self.done, self.value, self.error = True, value, error
+
+
+class Method:
+    def __init__(self, refs):
+        self.refs = refs
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        self.refs.append(Ref())
+        return self.refs[-1]
+
+
+class Actor:
+    def __init__(self):
+        self.calls = {"start": [], "lifeline": []}
+        self.start, self.lifeline = Method(self.calls["start"]), Method(self.calls["lifeline"])
+
+    def ready(self, node="node-a", gpu="0", budget=8 * 2**30):
+        where = Where("id", node, (gpu,), gpu, 1)
+        self.calls["start"][-1].finish(Ready(where, "cuda:Fake", budget))
+
+    def die(self):
+        self.calls["lifeline"][-1].finish(error=Died())
+
+
+class FakeRay:
+    def __init__(self):
+        self.killed = []
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return [r for r in refs if r.done], [r for r in refs if not r.done]
+
+    def get(self, ref, timeout=None):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    def kill(self, actor, no_restart=True):
+        self.killed.append(actor)
+
+
+@pytest.fixture
+def pool(tmp_path, monkeypatch):
+    config = Config(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state",
+                    styles_dir=None, executor="ray", scheduler={"calibrate": False})
+    folders = Folders(config)
+    folders.create()
+    store = Store(config.state_dir)
+    capacity = Capacity(config, torch.device("cpu"), key="cuda")
+    workers = RayWorkers(config, folders, Publisher(config, folders, torch.device("cpu")), store, threading.Event(),
+                         lambda: None, capacity)
+    made = []
+    monkeypatch.setattr(ray_workers.actors, "start_actors", lambda *a, **k: made.append(Actor()) or [made[-1]])
+    monkeypatch.setattr(ray_workers.RayWorkers, "_actor_died", lambda self, error: isinstance(error, Died))
+    clock = [1000.0]
+    monkeypatch.setattr(ray_workers.time, "monotonic", lambda: clock[0])
+    workers.ray = FakeRay()
+    workers._slots = [_Slot(0), _Slot(1)]
+    for slot in workers._slots:
+        workers._start_actor(slot)
+    yield workers, made, clock
+    store.close()
+
+
+def test_ready_actors_are_offered_with_their_budgets_and_the_model_keeps_the_first_kind(pool):
+    workers, made, _ = pool
+    made[0].ready("node-a", "0", 8 * 2**30)
+    workers.tick()
+    made[1].ready("node-b", "0", 4 * 2**30)
+    made[1].calls["start"][-1].value = Ready(Where("id", "node-b", ("0",), "0", 2), "cuda:Other", 4 * 2**30)
+    workers.tick()
+    assert [(d.node, d.name, d.budget) for d in workers.devices(0, 4)] == [
+        ("node-a", "gpu:0", 8 * 2**30), ("node-b", "gpu:0", 4 * 2**30)
+    ]
+    assert workers.capacity.device_key == "cuda:Fake" and workers.capacity.budget == 8 * 2**30
+    assert [(d.node, d.state) for d in workers.store.devices()] == [("node-a", "ready"), ("node-b", "ready")]
+
+
+def test_a_dead_actor_is_replaced_after_a_back_off_that_doubles(pool):
+    workers, made, clock = pool
+    delays = []
+    for _ in range(4):
+        actor = workers._slots[0].actor
+        actor.ready()
+        workers.tick()
+        actor.die()
+        workers.tick()
+        assert actor in workers.ray.killed and workers._slots[0].actor is None
+        delays.append(workers._slots[0].restart_at - clock[0])
+        clock[0] += delays[-1] - 0.01
+        workers.tick()
+        assert workers._slots[0].actor is None  # not before its time
+        clock[0] += 0.02
+        workers.tick()
+        assert workers._slots[0].actor is not None
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    assert not workers._slots[0].failed  # it was ready each time: never given up
+
+
+def test_a_device_whose_actors_never_get_ready_is_given_up_and_with_none_left_the_daemon_says_so(pool):
+    workers, made, clock = pool
+    first, second = workers._slots
+
+    def die_before_ready(slot, then_tick=True):
+        slot.actor.die()
+        workers.tick()
+        clock[0] += 1000  # past any back-off
+        if then_tick:
+            workers.tick()  # the replacement starts
+
+    die_before_ready(first)
+    die_before_ready(first)
+    die_before_ready(first, then_tick=False)
+    assert first.failed and first.actor is None and not second.failed
+    assert [d.name for d in workers.store.devices()] == ["actor 1"]  # the status shows what is left
+    die_before_ready(second)
+    die_before_ready(second)
+    with pytest.raises(ConfigError, match="no actor could start"):
+        die_before_ready(second, then_tick=False)
+    assert len(made) == 6
+
+
+def test_no_device_left_ends_the_daemon_with_one_line(pool):
+    workers, _, clock = pool
+    workers._slots[0].failed = True
+    workers._slots[1].actor.calls["start"][-1].finish(error=ConfigError("no weights"))  # its own fault
+    with pytest.raises(ConfigError, match="no actor could start"):
+        workers.tick()
+
+
+def test_an_actor_a_work_thread_killed_is_offered_no_more(pool):
+    workers, made, _ = pool
+    made[0].ready("node-a", "0")
+    made[1].ready("node-a", "1")
+    workers.tick()
+    workers._kill(made[0])
+    assert [d.name for d in workers.devices(0, 4)] == ["gpu:1"]
