@@ -313,19 +313,23 @@ def test_a_daemon_with_a_ray_of_its_own_serves_on_loopback_only_refuses_a_strang
         monkeypatch.delenv(key)
     daemon = daemon_factory(executor="ray", ray={"devices": 1}, scheduler={"calibrate": False})  # device: cpu
     daemon.start()
+    (address,) = re.findall(r"a Ray of its own at (127\.0\.0\.1:\d+)", daemon.log())
+    # A driver with another token tries to join, while the daemon works. It would try for 20 s;
+    # once is enough here (RAY_gcs_server_port_wait_time_s).
+    env = {**os.environ, **actors.LOOPBACK_ENVIRONMENT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64,
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_server_port_wait_time_s": "1"}
+    stranger = subprocess.Popen([sys.executable, "-c", JOIN, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
     drop_pair(daemon.inbox, "own")
     published = daemon.wait_published("own")["own"]
     assert published["status"] == "done" and published["results"][0]["device"] == "cpu:0"
     token = daemon.state / "ray-auth-token"
     assert len(token.read_text()) == 64 and token.stat().st_mode & 0o777 == 0o600
-    (address,) = re.findall(r"a Ray of its own at (127\.0\.0\.1:\d+)", daemon.log())
     ray_processes = process_tree(daemon.process.pid) - {daemon.process.pid}
     addresses = listening(ray_processes | {daemon.process.pid})
     assert ray_processes and addresses and all(_loopback(a) for a in addresses), addresses
-    stranger = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True, timeout=90,
-                              env={**os.environ, **actors.LOOPBACK_ENVIRONMENT, "RAY_AUTH_MODE": "token",
-                                   "RAY_AUTH_TOKEN": "0" * 64, "RAY_USAGE_STATS_ENABLED": "0"})
-    assert stranger.returncode != 0 and "joined" not in stranger.stdout and "InvalidAuthToken" in stranger.stderr
+    out, err = stranger.communicate(timeout=90)
+    assert stranger.returncode != 0 and "joined" not in out and "InvalidAuthToken" in err
     status, _ = daemon.terminate(timeout=60)
     assert status == 0
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ray_processes), 30, "Ray's processes to end")
