@@ -483,7 +483,7 @@ def test_an_out_of_memory_retries_alone_an_actor_that_exits_is_replaced_and_a_ca
 @pytest.mark.ray
 def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in_one_folder(loopback_cluster, tmp_path):
     _, made, nodes = loopback_cluster
-    long = {"defaults": {"image_size": 32, "iterations": 100, "seed": 0}, "ray": {"devices": 1}}
+    long = {"defaults": {"image_size": 32, "iterations": 60, "seed": 0}, "ray": {"devices": 1}}
     with ray_service(tmp_path, **long) as service:
         drop_pair(service.config.inbox, "moving")
         gone = []
@@ -500,4 +500,4 @@ def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in
     assert gone and run.status == "done" and run.attempts == 2 and run.node != gone[0]
     assert [p.name for p in service.config.outbox.iterdir() if (p / "job.json").exists()] == ["moving"]
     log = (service.config.outbox / "moving" / "log.txt").read_text()
-    assert f"its actor on {gone[0]} gpu:" in log and log.count("starting (100 iterations") == 2
+    assert f"its actor on {gone[0]} gpu:" in log and log.count("starting (60 iterations") == 2
