@@ -1,6 +1,8 @@
-"""The ray executor's actors (``daemon.actors``). The options are checked without Ray; the tests
-marked ``ray`` run a two-node cluster of fake GPUs (``num_gpus`` declared, no CUDA) on 127.0.0.1
-only, and are skipped without the ray extra."""
+"""The ray executor on a cluster: its actors (``daemon.actors``) and the daemon through them
+(``daemon.ray_workers``). The options are checked without Ray; the tests marked ``ray`` run a
+loopback cluster of two nodes with two fake GPUs each (``num_gpus`` declared, no CUDA), or a real
+daemon with a Ray of its own, on 127.0.0.1 only, and are skipped without the ray extra. (Named to
+be among the first files pytest hands out: its minute of Ray runs beside the rest of the suite.)"""
 
 import json
 import os
@@ -320,7 +322,7 @@ def test_a_daemon_with_a_ray_of_its_own_serves_on_loopback_only_refuses_a_strang
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_server_port_wait_time_s": "1"}
     stranger = subprocess.Popen([sys.executable, "-c", JOIN, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
-    drop_pair(daemon.inbox, "own", sidecar="iterations: 300\n")
+    drop_pair(daemon.inbox, "own", sidecar="iterations: 120\n")
     iteration = lambda: (daemon.query("SELECT iteration FROM runs") or [{"iteration": 0}])[0]["iteration"] or 0  # noqa: E731
     daemon.wait(lambda: iteration() >= 20, 90, "the run to pass iteration 20")
     token = daemon.state / "ray-auth-token"
@@ -342,7 +344,7 @@ def test_a_daemon_with_a_ray_of_its_own_serves_on_loopback_only_refuses_a_strang
     assert published["status"] == "done" and published["results"][0]["device"] == "cpu:0"
     (line,) = [line for line in (daemon.outbox / "own" / "log.txt").read_text().splitlines() if "resuming from" in line]
     # Where it stopped (a checkpoint is written at the stop): no earlier than the status last showed.
-    assert stopped_at <= int(line.rsplit(" ", 1)[1]) < 300
+    assert stopped_at <= int(line.rsplit(" ", 1)[1]) < 120
     assert daemon.terminate(timeout=60)[0] == 0
 
 
