@@ -274,7 +274,7 @@ class RayWorkers(Workers):
             return
         for slot in self._slots:
             if slot.actor is not None:
-                self.ray.kill(slot.actor, no_restart=True)
+                self._kill(slot.actor)
         self.store.set_devices([])
         if self._owned:
             self.ray.shutdown()
@@ -297,9 +297,9 @@ class RayWorkers(Workers):
         while not self.ray.wait([call], timeout=PROGRESS_EVERY_S)[0]:
             stop = work.halt.is_set() and not told_stop
             cancelled = tuple(r.id for _, r in work.runs if work.halt.cancelled(r.id) and r.id not in told_cancelled)
-            report = work.actor.report.options(concurrency_group=actors.CONTROL).remote(key, stop, cancelled)
+            asked = work.actor.report.options(concurrency_group=actors.CONTROL).remote(key, stop, cancelled)
             try:
-                report = self.ray.get(report, timeout=REPORT_TIMEOUT_S)
+                report = self.ray.get(asked, timeout=REPORT_TIMEOUT_S)
             except Exception:  # the actor died or is stuck: the call says which
                 continue
             if report.found:  # else the run call has not reached the actor yet: told again next time
