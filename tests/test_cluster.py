@@ -315,36 +315,36 @@ def test_a_daemon_with_a_ray_of_its_own_serves_on_loopback_only_refuses_a_strang
         monkeypatch.delenv(key)
     daemon = daemon_factory(executor="ray", ray={"devices": 1}, scheduler={"calibrate": False})  # device: cpu
     daemon.start()
-    (address,) = re.findall(r"a Ray of its own at (127\.0\.0\.1:\d+)", daemon.log())
-    # A driver with another token tries to join, while the daemon works. It would try for 20 s;
-    # once is enough here (RAY_gcs_server_port_wait_time_s).
-    env = {**os.environ, **actors.LOOPBACK_ENVIRONMENT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64,
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_server_port_wait_time_s": "1"}
-    stranger = subprocess.Popen([sys.executable, "-c", JOIN, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
-    drop_pair(daemon.inbox, "own", sidecar="iterations: 120\n")
+    drop_pair(daemon.inbox, "own", sidecar="iterations: 200\n")
     iteration = lambda: (daemon.query("SELECT iteration FROM runs") or [{"iteration": 0}])[0]["iteration"] or 0  # noqa: E731
-    daemon.wait(lambda: iteration() >= 20, 90, "the run to pass iteration 20")
+    daemon.wait(lambda: iteration() >= 1, 90, "the run to start its iterations")
     token = daemon.state / "ray-auth-token"
     assert len(token.read_text()) == 64 and token.stat().st_mode & 0o777 == 0o600
     ray_processes = process_tree(daemon.process.pid) - {daemon.process.pid}
     addresses = listening(ray_processes | {daemon.process.pid})
     assert ray_processes and addresses and all(_loopback(a) for a in addresses), addresses
-    out, err = stranger.communicate(timeout=90)
-    assert stranger.returncode != 0 and "joined" not in out and "InvalidAuthToken" in err
     # SIGTERM mid-run: the actor checkpoints on its node, the daemon exits 0 and Ray's processes end.
     status, _ = daemon.terminate(timeout=60)
     assert status == 0
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ray_processes), 30, "Ray's processes to end")
     stopped_at = iteration()
-    assert daemon.query("SELECT status FROM runs")[0]["status"] == "queued" and stopped_at >= 20
+    assert daemon.query("SELECT status FROM runs")[0]["status"] == "queued" and stopped_at >= 1
     assert len(list((daemon.state / "nodes").glob("*/checkpoints/run-*"))) == 1
     daemon.start()  # the same token, a new Ray of its own: the run resumes on the same node, at its iteration
+    # A driver with another token tries to join while the daemon works. It would try for 20 s;
+    # once is enough here (RAY_gcs_server_port_wait_time_s).
+    (address,) = re.findall(r"a Ray of its own at (127\.0\.0\.1:\d+)", daemon.log())
+    env = {**os.environ, **actors.LOOPBACK_ENVIRONMENT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64,
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_server_port_wait_time_s": "1"}
+    stranger = subprocess.Popen([sys.executable, "-c", JOIN, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
     published = daemon.wait_published("own")["own"]
     assert published["status"] == "done" and published["results"][0]["device"] == "cpu:0"
     (line,) = [line for line in (daemon.outbox / "own" / "log.txt").read_text().splitlines() if "resuming from" in line]
     # Where it stopped (a checkpoint is written at the stop): no earlier than the status last showed.
-    assert stopped_at <= int(line.rsplit(" ", 1)[1]) < 120
+    assert stopped_at <= int(line.rsplit(" ", 1)[1]) < 200
+    out, err = stranger.communicate(timeout=90)  # the daemon still serves
+    assert stranger.returncode != 0 and "joined" not in out and "InvalidAuthToken" in err
     assert daemon.terminate(timeout=60)[0] == 0
 
 
@@ -386,16 +386,19 @@ def serve_until(service: Service, condition, timeout: float, stop=None) -> None:
     """The daemon's main loop, in this (the main) thread, until ``condition(store)``; then
     ``stop()`` (a SIGTERM to this process, say), else a stop request."""
 
-    met = []
+    met, failed = [], []
 
     def watch():
         deadline = time.monotonic() + timeout
         with closing(sqlite3.connect(service.folders.state / "jobs.sqlite3", timeout=10)) as db:
             db.row_factory = sqlite3.Row
             while not service.stop.is_set():
-                if condition(db):
-                    met.append(True)
-                if met or time.monotonic() > deadline:
+                try:
+                    if condition(db):
+                        met.append(True)
+                except Exception as error:  # the daemon stops, and the test fails with it
+                    failed.append(error)
+                if met or failed or time.monotonic() > deadline:
                     (stop or service.request_stop)()
                     return
                 time.sleep(0.05)
@@ -404,6 +407,8 @@ def serve_until(service: Service, condition, timeout: float, stop=None) -> None:
     watcher.start()
     assert service.serve() == 0
     watcher.join()
+    if failed:
+        raise failed[0]
     assert met, f"timed out after {timeout:g} s"
 
 
@@ -485,15 +490,19 @@ def test_an_out_of_memory_retries_alone_an_actor_that_exits_is_replaced_and_a_ca
 @pytest.mark.ray
 def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in_one_folder(loopback_cluster, tmp_path):
     _, made, nodes = loopback_cluster
-    long = {"defaults": {"image_size": 32, "iterations": 60, "seed": 0}, "ray": {"devices": 1}}
+    long = {"defaults": {"image_size": 32, "iterations": 100, "seed": 0}, "ray": {"devices": 1}}
     with ray_service(tmp_path, **long) as service:
         drop_pair(service.config.inbox, "moving")
         gone = []
 
         def remove_its_node(db):
             row = db.execute("SELECT node, iteration FROM runs").fetchone()
-            if row is not None and row["node"] and (row["iteration"] or 0) >= 10 and not gone:
+            if row is not None and row["node"] and (row["iteration"] or 0) >= 1 and not gone:
                 gone.append(row["node"])
+                # The machine goes at once, its actor with it: a worker whose raylet is killed
+                # computes on until it notices, and may hand its result in first.
+                (actor,) = (service.folders.state / "nodes" / row["node"] / "inputs").glob("pid-*")
+                os.kill(int(actor.name.removeprefix("pid-")), signal.SIGKILL)
                 made.remove_node(nodes[row["node"]], allow_graceful=False)
             return jobs_ended(1)(db)
 
@@ -502,4 +511,4 @@ def test_a_node_removed_mid_run_queues_its_run_again_which_finishes_elsewhere_in
     assert gone and run.status == "done" and run.attempts == 2 and run.node != gone[0]
     assert [p.name for p in service.config.outbox.iterdir() if (p / "job.json").exists()] == ["moving"]
     log = (service.config.outbox / "moving" / "log.txt").read_text()
-    assert f"its actor on {gone[0]} gpu:" in log and log.count("starting (60 iterations") == 2
+    assert f"its actor on {gone[0]} gpu:" in log and log.count("starting (100 iterations") == 2
