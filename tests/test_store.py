@@ -145,3 +145,33 @@ def test_a_failure_is_recorded_before_the_job_leaves_claiming(store: Store) -> N
     job_id = store.begin_claim("cat", "pair", ["a"], None, {})
     store.record_error(job_id, "bad sidecar")
     assert [(j.status, j.error) for j in store.jobs("claiming")] == [("claiming", "bad sidecar")]
+
+
+def test_a_job_is_cancelled_again_while_its_run_runs_and_not_once_its_runs_have_ended(store: Store) -> None:
+    job_id = queued_job(store, "cat", runs=2)
+    first, second = store.queued_runs()
+    store.start_run(first)
+    assert store.cancel_job(job_id)
+    assert store.job(job_id).status == "cancelling" and store.run(second.id).status == "cancelled"
+    assert store.cancel_job(job_id)  # asked twice: its running run is told again
+    store.cancel_run(first.id)
+    assert not store.cancel_job(job_id)  # every run ended: nothing is left to cancel
+
+
+def test_a_requests_table_from_before_refusals_gains_the_column(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with closing(sqlite3.connect(state / "jobs.sqlite3")) as db:  # as nst-batch made it before `refused`
+        db.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, "
+                   "job_id INTEGER NOT NULL, run_id INTEGER, payload TEXT NOT NULL DEFAULT '{}', "
+                   "created REAL NOT NULL, handled REAL, answer TEXT)")
+        db.execute("INSERT INTO requests (action, job_id, created) VALUES ('cancel', 1, 0)")
+        db.commit()
+    store = Store(state)
+    try:
+        (old,) = store.pending_requests()
+        assert not old.refused
+        store.answer(old.id, "job-1: no such job or run any more", refused=True)
+        assert store.request(old.id).refused
+    finally:
+        store.close()

@@ -166,7 +166,7 @@ class Controller:
         log = logger.bind(job=job.label)
         # Here, on the main thread, no run ends and no job is handed to the publisher meanwhile.
         if run is None:
-            if not self.store.has_active_runs(job.id) or not self.store.cancel_job(job.id):
+            if not self.store.cancel_job(job.id):
                 return Refusal(f"{target.describe()}: too late, all its results are made and it is being published")
             stopping = self._halt(lambda r: r.job_id == job.id)
         else:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import StyleParams
-from ..results.report import ACTIVE_JOBS, ACTIVE_RUNS, JobStatus, RunStatus
+from ..results.report import ACTIVE_JOBS, ACTIVE_RUNS, UNFINISHED_JOBS, JobStatus, RunStatus
 from .memory import Need, Sample
 
 _SCHEMA = """
@@ -88,8 +88,7 @@ CREATE TABLE IF NOT EXISTS requests (    -- `nst-batch cancel` and `retry`: done
     payload TEXT NOT NULL DEFAULT '{}', -- JSON: a retry's parameter overrides
     created REAL NOT NULL,
     handled REAL,                       -- NULL until the daemon has acted
-    answer TEXT,                        -- what it did, in one line
-    refused INTEGER NOT NULL DEFAULT 0  -- 1: it changed nothing (the command line exits 2)
+    answer TEXT                         -- what it did, in one line
 );
 CREATE TABLE IF NOT EXISTS devices (     -- the ray executor's devices, as it last saw them (for `nst-batch status`)
     node TEXT NOT NULL,
@@ -114,6 +113,7 @@ _ADDED_COLUMNS = (
     # placed there (the threads executor's one device).
     ("runs", "node", "TEXT"),
     ("runs", "device", "TEXT"),
+    ("requests", "refused", "INTEGER NOT NULL DEFAULT 0"),  # 1: it changed nothing (the command line exits 2)
 )
 
 
@@ -434,12 +434,14 @@ class Store:
         )
 
     def cancel_job(self, job_id: int) -> bool:
-        """The job is cancelling, if it is still queued or running (whether it was); its queued runs
-        are cancelled at once. A running one is cancelled when its worker returns (``cancel_run``)."""
+        """The job is cancelling, if it is still queued, running or cancelling, with a run not ended
+        (whether it was); its queued runs are cancelled at once. A running one is cancelled when
+        its worker returns (``cancel_run``)."""
         with self._transaction() as db:
             changed = db.execute(
-                "UPDATE jobs SET status=?, updated=? WHERE id=? AND status IN (?, ?)",
-                (JobStatus.CANCELLING, time.time(), job_id, JobStatus.QUEUED, JobStatus.RUNNING),
+                "UPDATE jobs SET status=?, updated=? WHERE id=? AND status IN (?, ?, ?) "
+                "AND EXISTS (SELECT 1 FROM runs WHERE job_id=jobs.id AND status IN (?, ?))",
+                (JobStatus.CANCELLING, time.time(), job_id, *UNFINISHED_JOBS, *ACTIVE_RUNS),
             ).rowcount
             if not changed:
                 return False
