@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from nst_batch.daemon import intake as intake_module
-from nst_batch.daemon.claims import dispose_failure
+from nst_batch.daemon.claims import dispose_failure, take_back
 from nst_batch.daemon.folders import Folders
 from nst_batch.daemon.inbox import SidecarRefs, Submission
 from nst_batch.daemon.intake import Intake, Scan, sidecar_refs
@@ -101,6 +101,29 @@ def test_an_inbox_that_cannot_be_changed_fails_the_job_once_and_leaves_no_claim(
         os.utime(intake.config.inbox / name, ns=(1, 1))  # dropped again: tried again
     intake.tick()
     assert len(intake.store.all_jobs()) == 2
+
+
+def test_a_retry_that_fails_again_leaves_files_of_its_name_in_the_inbox_to_be_claimed_as_new(intake):
+    job = claim_with_sidecar(intake, "init: missing.png\n")
+    assert job.status == "failed"
+    take_back(intake.folders, job.id, intake.folders.failed / "cat")  # `nst-batch retry`, as the daemon does it
+    intake.store.reclaim(job.id, {})
+    for name in ("cat.content.png", "cat.style.png"):  # meanwhile, a new submission of the same name
+        Image.new("RGB", (20, 10), "green").save(intake.config.inbox / name)
+    scanning(intake).tick()
+    retried, new = intake.store.all_jobs()
+    assert retried.status == "failed" and "missing.png" in retried.error and "inbox" not in retried.error
+    assert (new.name, new.status) == ("cat", "queued")
+
+
+def test_a_retry_whose_files_went_from_its_folder_says_so(intake):
+    job = claim_with_sidecar(intake, "init: missing.png\n")
+    take_back(intake.folders, job.id, intake.folders.failed / "cat")
+    (intake.folders.job_dir(job.id) / "cat.style.png").unlink()
+    intake.store.reclaim(job.id, {})
+    scanning(intake).tick()
+    job = intake.store.job(job.id)
+    assert job.status == "failed" and job.error.startswith("cat.style.png went from ") and "inbox" not in job.error
 
 
 def test_an_unreadable_input_fails_the_job_with_its_files_in_failed(intake, monkeypatch):

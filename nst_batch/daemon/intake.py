@@ -101,11 +101,12 @@ class Intake:
         """Move the job's files in and queue its runs; or the reason it cannot run. A retried job's
         files are in its folder already: the inbox is not touched (a new file of the same name
         there is another submission)."""
-        if job.spec.get("retried"):
-            missing = [name for name in job.files if not os.path.lexists(self.folders.job_dir(job.id) / name)]
-        else:
-            missing = move_in(self.folders, job.id, job.files)
-        if missing:
+        if _retried(job):
+            folder = self.folders.job_dir(job.id)
+            missing = [name for name in job.files if not os.path.lexists(folder / name)]
+            if missing:
+                return f"{', '.join(missing)} went from {folder} before the retry could claim it: drop it again"
+        elif missing := move_in(self.folders, job.id, job.files):
             return f"{', '.join(missing)} disappeared from the inbox before it could be claimed: drop it again"
         try:
             runs, priority, name = self._runs(job)
@@ -119,7 +120,7 @@ class Intake:
 
     def _unexpected(self, job: JobRecord, error: Exception) -> str:
         reason = f"{job.name} could not be claimed: {type(error).__name__}: {error}"
-        left = [f for f in job.files if os.path.lexists(self.folders.inbox / f)]
+        left = [] if _retried(job) else [f for f in job.files if os.path.lexists(self.folders.inbox / f)]
         if left:
             reason += f"; still in the inbox: {', '.join(left)} (skipped until changed or dropped again)"
         return reason
@@ -130,7 +131,7 @@ class Intake:
         if folder is not None:
             self.store.set_place(job.id, str(folder.relative_to(self.folders.state)))
         self.store.set_job_status(job.id, JobStatus.FAILED, reason)
-        for name in job.files:
+        for name in [] if _retried(job) else job.files:  # a retry's inbox namesakes are new submissions
             if (signature := _signature(self.folders.inbox / name)) is not None:
                 self._left_behind[name] = signature
         where = f"inputs in {folder}" if folder else "its folder had already gone to failed/"
@@ -228,6 +229,12 @@ def _check_plain_file(path: Path, name: str) -> None:
         raise InputError(f"{name} is a symbolic link: copy the file itself into the inbox")
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{name} is not a regular file (a named pipe, a socket or a device): drop the file itself")
+
+
+def _retried(job: JobRecord) -> bool:
+    """Whether the job was asked for again (``nst-batch retry``): its files came from its own folder,
+    and the inbox is none of its business."""
+    return bool(job.spec.get("retried"))
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
