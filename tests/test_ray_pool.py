@@ -3,17 +3,21 @@ after a doubling back-off when they die, given up when they never get ready; a k
 offered to placement no more. Ray is played by a fake: no Ray needed."""
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from nst_batch.daemon import ray_workers
-from nst_batch.daemon.actors import Ready, Where
+from nst_batch.daemon import actors, ray_workers
+from nst_batch.daemon.actors import DeviceActor, Ready, Report, Where
 from nst_batch.daemon.capacity import Capacity
 from nst_batch.daemon.folders import Folders
+from nst_batch.daemon.halt import Halt
 from nst_batch.daemon.publisher import Publisher
 from nst_batch.daemon.ray_workers import RayWorkers, _Slot
+from nst_batch.daemon.runner import Ending, Outcome
 from nst_batch.daemon.store import Store
+from nst_batch.daemon.workers import Work
 from nst_batch.settings.config import Config
 from nst_batch.util.errors import ConfigError
 
@@ -167,3 +171,73 @@ def test_an_actor_a_work_thread_killed_is_offered_no_more(pool):
     workers.tick()
     workers._kill(made[0])
     assert [d.name for d in workers.devices(0, 4)] == ["gpu:1"]
+
+
+def test_an_actor_a_work_thread_killed_is_replaced_and_its_replacement_offered(pool):
+    workers, made, clock = pool
+    made[0].ready("node-a", "0")
+    workers.tick()
+    workers._kill(made[0])  # a work thread found it dead
+    made[0].die()
+    workers.tick()
+    clock[0] += 1.0
+    workers.tick()  # the replacement starts...
+    made[-1].ready("node-a", "0")
+    workers.tick()  # ...and is ready
+    assert made[-1] is not made[0] and [d.name for d in workers.devices(0, 4)] == ["gpu:0"]
+
+
+def test_work_placed_on_an_actor_killed_meanwhile_is_started_on_it_and_its_call_then_fails(pool, monkeypatch):
+    workers, made, _ = pool
+    made[0].ready("node-a", "0")
+    workers.tick()
+    (device,) = workers.devices(0, 4)
+    workers._kill(made[0])  # by a work thread, between placement and start
+    started = []
+    monkeypatch.setattr(ray_workers.Workers, "start", lambda self, work: started.append(work))
+    work = Work([], 0, device.node, device.name)
+    workers.start(work)  # the main loop goes on
+    assert started == [work] and work.actor is made[0]
+
+
+class Recording(Halt):
+    def __init__(self):
+        super().__init__(threading.Event())
+        self.asked = []
+
+    def pause(self):
+        self.asked.append("pause")
+        super().pause()
+
+    def cancel(self, run_id):
+        self.asked.append(f"cancel {run_id}")
+        super().cancel(run_id)
+
+
+def test_an_actor_told_to_stop_and_to_cancel_a_run_cancels_it_first(tmp_path):
+    actor = DeviceActor(str(tmp_path))
+    actor._works[7] = work = actors._Work(Recording())
+    report = actor.report(7, stop=True, cancelled=(3,))
+    assert report.found and work.halt.asked == ["cancel 3", "pause"]  # else the run could checkpoint as stopped
+    assert not actor.report(8).found
+
+
+def test_a_cancel_reaches_the_actor_as_a_cancel_not_as_a_stop_of_its_work(pool, monkeypatch):
+    workers, made, _ = pool
+    actor, call, asked = made[0], Ref(), []
+
+    def report(key, stop, cancelled):
+        asked.append((stop, cancelled))
+        call.finish(Report(outcomes=(Outcome(Ending.CANCELLED),)))  # the run ends, cancelled
+        answer = Ref()
+        answer.finish(Report())
+        return answer
+
+    actor.run = SimpleNamespace(remote=lambda *args: call)
+    actor.report = SimpleNamespace(options=lambda **_: SimpleNamespace(remote=report))
+    monkeypatch.setattr(ray_workers, "_parcels", lambda work, folders: [])
+    work = Work([(SimpleNamespace(id=1), SimpleNamespace(id=5))], 0, "node-a", "gpu:0", actor=actor)
+    work.halt = Halt(threading.Event())
+    work.halt.cancel(5)
+    (outcome,) = workers._execute(work, SimpleNamespace(progress=lambda *args: None))
+    assert outcome.ending == Ending.CANCELLED and asked == [(False, (5,))]  # told as a cancel, not as a pause

@@ -344,10 +344,10 @@ class DeviceActor:
             work = self._works.get(key)
         if work is None:  # not begun yet, or ended: its ``run`` call answers
             return Report(found=False)
+        for run_id in cancelled:  # first: a run that sees the pause before its cancel would keep a checkpoint
+            work.halt.cancel(run_id)
         if stop:
             work.halt.pause()  # checkpoint and return, to resume later
-        for run_id in cancelled:
-            work.halt.cancel(run_id)
         with self._lock:
             return work.drain()
 

@@ -15,7 +15,11 @@ class Halt:
         self._lock = threading.Lock()
 
     def is_set(self) -> bool:
-        return self._stop.is_set() or self._paused.is_set() or bool(self._cancelled)
+        return self.stopping() or bool(self._cancelled)
+
+    def stopping(self) -> bool:
+        """Whether all of the work checkpoints and stops: the daemon stops, or is paused with ``--now``."""
+        return self._stop.is_set() or self._paused.is_set()
 
     def pause(self) -> None:
         """Checkpoint and stop, to resume later (``nst-batch pause --now``)."""

@@ -99,7 +99,9 @@ class RayWorkers(Workers):
         self._calibrated = not config.scheduler.calibrate
         self._opened = 0.0
         self._device_key: str | None = None  # the memory model's kind of device: the first ready actor's
-        self._killed: set[int] = set()  # id() of actors a work thread killed: nothing more is placed on them
+        # Actors killed (a work thread's too): nothing more is placed on them. The handles themselves,
+        # compared by Ray's actor id: a new handle may get a dropped one's id().
+        self._killed: set[Any] = set()
 
     # --- the pool --------------------------------------------------------------------------
 
@@ -224,11 +226,11 @@ class RayWorkers(Workers):
 
     def _kill(self, actor: Any) -> None:
         """From any thread: the actor is ended by Ray, and nothing more is placed on it."""
-        self._killed.add(id(actor))
+        self._killed.add(actor)
         self.ray.kill(actor, no_restart=True)
 
     def _placeable(self, slot: _Slot) -> bool:
-        return slot.ready is not None and id(slot.actor) not in self._killed
+        return slot.ready is not None and slot.actor not in self._killed
 
     def _done(self, ref: Any) -> bool:
         done, _ = self.ray.wait([ref], timeout=0)
@@ -283,7 +285,9 @@ class RayWorkers(Workers):
     # --- work ------------------------------------------------------------------------------
 
     def start(self, work: Work) -> None:
-        (work.actor,) = [s.actor for s in self._slots if self._placeable(s) and s.key == (work.node, work.device)]
+        # Placed on a ready slot (only this thread changes slots): its actor, even one a work thread
+        # killed since; the call then fails, and its runs are queued again.
+        (work.actor,) = [s.actor for s in self._slots if s.ready is not None and s.key == (work.node, work.device)]
         super().start(work)
 
     def _execute(self, work: Work, store: Store) -> list[Outcome]:
@@ -295,7 +299,7 @@ class RayWorkers(Workers):
         call = work.actor.run.remote(key, work.runs, parcels, not work.shared)
         told_stop, told_cancelled = False, set()
         while not self.ray.wait([call], timeout=PROGRESS_EVERY_S)[0]:
-            stop = work.halt.is_set() and not told_stop
+            stop = work.halt.stopping() and not told_stop
             cancelled = tuple(r.id for _, r in work.runs if work.halt.cancelled(r.id) and r.id not in told_cancelled)
             asked = work.actor.report.options(concurrency_group=actors.CONTROL).remote(key, stop, cancelled)
             try:
