@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -61,9 +62,7 @@ def gather(config: Config, queued_limit: int | None = QUEUED_SHOWN) -> dict[str,
         shown_all = queued_limit is None or len(waiting) <= queued_limit
         waiting_total = sum(jobs.get(s, 0) for s in (JobStatus.CLAIMING, JobStatus.QUEUED, JobStatus.RUNNING))
         pause = store.pause()
-        load: dict[tuple, int] = {}
-        for run in running:
-            load[(run["node"], run["device"])] = load.get((run["node"], run["device"]), 0) + 1
+        load = Counter((run["node"], run["device"]) for run in running)
         devices = [
             {"node": d.node, "device": d.name, "state": d.state.value, "budget_bytes": d.budget_bytes,
              "running": load.get((d.node, d.name), 0)}

@@ -74,7 +74,7 @@ class Dispatcher:
         wanted = 4 * devices * self.capacity.max_concurrent * self.capacity.max_batch
         return self.store.queued_runs(limit=min(MAX_DISPATCH_WINDOW, max(DISPATCH_WINDOW, wanted)))
 
-    def _startable(self, run: RunRecord, starting: frozenset[str] = frozenset()) -> RunRecord | None:
+    def _startable(self, run: RunRecord, starting: frozenset[str]) -> RunRecord | None:
         """The run, changed by the too_big policy if it cannot fit even alone; None if it is
         refused, or was running each time the daemon died."""
         if run.attempts >= self.max_attempts:

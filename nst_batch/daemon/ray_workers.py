@@ -110,9 +110,10 @@ class RayWorkers(Workers):
         ray = sys.modules.get("ray")  # not imported before connect(): Ray reads its settings when it is
         self._owned = ray is None or not ray.is_initialized()
         if self._owned:
-            resources = {"num_cpus": max(os.cpu_count() or 1, config.ray.devices or 0)} if self.kind == "cpu" else {}
-            ray = actors.connect(config.ray, actors.token_path(self.folders.state),
-                                 **(resources if config.ray.address is None else {}))
+            resources = {}
+            if self.kind == "cpu" and config.ray.address is None:  # a cluster's nodes have theirs
+                resources["num_cpus"] = max(os.cpu_count() or 1, config.ray.devices or 0)
+            ray = actors.connect(config.ray, actors.token_path(self.folders.state), **resources)
         self.ray = ray
         if config.ray.address is None and self._owned:
             logger.info(f"a Ray of its own at {ray.get_runtime_context().gcs_address}, token authentication on")
@@ -138,7 +139,6 @@ class RayWorkers(Workers):
             self.ray, 1, self.kind, self.folders.state / NODES_FOLDER, self.config, self.runner_type,
             first_slot=slot.index,
         )
-        slot.ready = None
         slot.starting = slot.actor.start.remote()
         slot.lifeline = slot.actor.lifeline.options(concurrency_group=actors.LIFELINE).remote()
 
