@@ -75,26 +75,40 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, explain: Cal
         time.sleep(0.05)
 
 
-def serve_until_settled(service, timeout: float = 120) -> None:
-    """The daemon's real main loop (``Service.serve``) in this process, stopped once every job
-    has ended (or after ``timeout``, failing)."""
-    settled, timed_out = threading.Event(), threading.Event()
+def serve_until(service, condition: Callable[[sqlite3.Connection], Any], timeout: float, what: str = "its condition") -> None:
+    """The daemon's real main loop (``Service.serve``) in this (the main) thread, stopped once
+    ``condition(db)`` holds, a connection to its job database given; failing after ``timeout``, or
+    when the condition raises."""
+    met, failed = [], []
 
     def watch() -> None:
         deadline = time.monotonic() + timeout
         with closing(sqlite3.connect(service.folders.state / "jobs.sqlite3", timeout=10)) as db:
+            db.row_factory = sqlite3.Row
             while not service.stop.is_set():
-                left = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('claiming', 'queued', 'running')").fetchone()[0]
-                if not left or time.monotonic() > deadline:
-                    (settled if not left else timed_out).set()
+                try:
+                    if condition(db):
+                        met.append(True)
+                except Exception as error:  # the daemon stops, and the test fails with it
+                    failed.append(error)
+                if met or failed or time.monotonic() > deadline:
                     service.request_stop()
+                    return
                 time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, name="settled?", daemon=True)
+    watcher = threading.Thread(target=watch, name="until?", daemon=True)
     watcher.start()
     assert service.serve() == 0
     watcher.join()
-    assert not timed_out.is_set(), f"jobs did not end within {timeout:g} s"
+    if failed:
+        raise failed[0]
+    assert met, f"timed out after {timeout:g} s waiting for {what}"
+
+
+def serve_until_settled(service, timeout: float = 120) -> None:
+    """The daemon's real main loop, stopped once every job has ended (or after ``timeout``, failing)."""
+    unsettled = "SELECT COUNT(*) FROM jobs WHERE status IN ('claiming', 'queued', 'running')"
+    serve_until(service, lambda db: not db.execute(unsettled).fetchone()[0], timeout, "the jobs to end")
 
 
 def in_gallery(outbox: Path, name: str) -> bool:

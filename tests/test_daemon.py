@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from daemon_helpers import Daemon, image_bytes, in_gallery, loss_rows, make_image, write_slowly
+from daemon_helpers import Daemon, drop_pair, image_bytes, in_gallery, loss_rows, make_image, write_slowly
 from PIL import Image
 
 from nst_batch.cli import status
@@ -20,14 +20,6 @@ from nst_batch.settings.config import load_config
 pytestmark = pytest.mark.slow
 
 LOSS_HEADER = ["iteration", "content", "style", "tv", "total", "elapsed_s", "note"]
-
-
-def drop_pair(inbox: Path, name: str, sidecar: str | None = None, seed: int = 0) -> None:
-    """A pair, its sidecar written first so that the pair is never seen without it."""
-    if sidecar is not None:
-        (inbox / f"{name}.yaml").write_text(sidecar)
-    make_image(inbox / f"{name}.content.png", (40, 30), "gradient", seed)
-    make_image(inbox / f"{name}.style.png", (30, 40), "checker", seed)
 
 
 def assert_losses(path: Path, iterations: int) -> list[list[str]]:

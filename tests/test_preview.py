@@ -1,4 +1,4 @@
-"""The running run's preview: small, not too often, cheap for the run's thread, gone at the end."""
+"""The running run's preview: small, not too often, written off the run's thread, gone at the end."""
 
 
 import torch
@@ -14,7 +14,7 @@ def test_a_preview_is_at_most_512_px_and_keeps_the_aspect():
     assert preview_size(100, 4000) == (13, 512)
 
 
-def test_previews_are_taken_at_most_every_period_cheaply_and_removed_at_the_end(tmp_path):
+def test_previews_are_taken_at_most_every_period_each_run_on_its_own_clock_and_removed_at_the_end(tmp_path):
     shown = []
     previews = Previews(tmp_path / "outbox", written=lambda: shown.append(1), every_s=30, first_s=0)
     (tmp_path / "outbox" / ".running").mkdir(parents=True)

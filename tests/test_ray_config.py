@@ -142,6 +142,6 @@ def test_the_extra_pins_the_minimal_ray_package():
     assert any(marker.startswith("ray:") for marker in project["tool"]["pytest"]["ini_options"]["markers"])
 
 
-def test_the_readme_says_how_device_reads_under_ray():
+def test_the_readme_documents_the_ray_executor_and_its_extra():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "executor: ray" in readme and "nst-batch[ray]" in readme

@@ -157,7 +157,7 @@ def test_a_device_whose_actors_never_get_ready_is_given_up_and_with_none_left_th
 
 
 def test_no_device_left_ends_the_daemon_with_one_line(pool):
-    workers, _, clock = pool
+    workers, _, _ = pool
     workers._slots[0].failed = True
     workers._slots[1].actor.calls["start"][-1].finish(error=ConfigError("no weights"))  # its own fault
     with pytest.raises(ConfigError, match="no actor could start"):
