@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from throughput import cpu_name, photos  # noqa: E402  (benchmarks/, this script's folder)
+from throughput import cpu_name, photos, stop_when_jobs_end  # noqa: E402  (benchmarks/, this script's folder)
 
 from nst_batch.daemon import service  # noqa: E402
 from nst_batch.settings.config import Config  # noqa: E402
@@ -59,17 +59,7 @@ def serve(site: Path, args: argparse.Namespace, actors: int | None, token: Path)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     photos(site / "inbox" / "photos", args.photos, args.size)  # found by the first scan
     with service.Service(config) as daemon:
-
-        def wait() -> None:
-            with closing(sqlite3.connect(site / "state" / "jobs.sqlite3", timeout=10)) as db:
-                while True:
-                    rows = db.execute("SELECT status FROM jobs").fetchall()
-                    if rows and all(status in ("done", "failed") for (status,) in rows):
-                        break
-                    time.sleep(0.2)
-            daemon.request_stop()
-
-        threading.Thread(target=wait, daemon=True).start()
+        threading.Thread(target=stop_when_jobs_end, args=(daemon, site / "state" / "jobs.sqlite3"), daemon=True).start()
         daemon.serve()
     if actors is not None and not token.exists():
         shutil.copy(site / "state" / token.name, token)

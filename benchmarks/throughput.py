@@ -114,6 +114,19 @@ def photos(folder: Path, count: int, side: int) -> None:
     Image.fromarray(rng.integers(0, 256, (side, side, 3)).astype(np.uint8), "RGB").save(folder / "style.png")
 
 
+def stop_when_jobs_end(daemon: service.Service, db_path: Path) -> None:
+    """Stop the daemon once there are jobs and every one is done or failed (for a thread)."""
+    while not db_path.exists():
+        time.sleep(0.1)
+    with closing(sqlite3.connect(db_path, timeout=10)) as db:
+        while True:
+            rows = db.execute("SELECT status FROM jobs").fetchall()
+            if rows and all(status in ("done", "failed") for (status,) in rows):
+                break
+            time.sleep(0.2)
+    daemon.request_stop()
+
+
 def serve(site: Path, args: argparse.Namespace) -> dict:
     config = Config.model_validate({
         "inbox": site / "inbox", "outbox": site / "outbox", "state_dir": site / "state", "styles_dir": None,
@@ -123,20 +136,6 @@ def serve(site: Path, args: argparse.Namespace) -> dict:
     })
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with service.Service(config) as daemon:
-        done = threading.Event()
-
-        def watch() -> None:
-            db_path = site / "state" / "jobs.sqlite3"
-            while not db_path.exists():
-                time.sleep(0.1)
-            with closing(sqlite3.connect(db_path, timeout=10)) as db:
-                while True:
-                    rows = db.execute("SELECT status FROM jobs").fetchall()
-                    if rows and all(status in ("done", "failed") for (status,) in rows):
-                        break
-                    time.sleep(0.2)
-            done.set()
-            daemon.request_stop()
 
         def drop() -> None:
             while not (site / "inbox").exists():
@@ -146,7 +145,7 @@ def serve(site: Path, args: argparse.Namespace) -> dict:
             (site / "scratch" / "photos").rename(site / "inbox" / "photos")
 
         threading.Thread(target=drop, daemon=True).start()
-        threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=stop_when_jobs_end, args=(daemon, site / "state" / "jobs.sqlite3"), daemon=True).start()
         wall = time.monotonic()
         daemon.serve()
         wall = time.monotonic() - wall
