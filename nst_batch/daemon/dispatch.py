@@ -55,6 +55,7 @@ class Dispatcher:
         ]
         chosen = place(candidates, devices, self.capacity.max_batch, starting)
         by_id = {run.id: run for run in queued}
+        started = []
         for where in chosen:
             runs = []
             for run_id in where.batch.run_ids:
@@ -64,9 +65,11 @@ class Dispatcher:
                     self.store.start_run(by_id[run_id])
                 run = self.store.run(run_id)
                 runs.append((self.store.job(run.job_id), run))
-            self.workers.start(Work(runs, where.batch.need_bytes, where.node, where.device))
-        if chosen:
-            labels = "; ".join(w.labels for w in self.workers.active)
+            started.append(Work(runs, where.batch.need_bytes, where.node, where.device))
+            self.workers.start(started[-1])
+        if started:  # with what was running beside them: a short run may have left the device already
+            beside = [work for work in self.workers.active if all(work is not s for s in started)]
+            labels = "; ".join(w.labels for w in [*beside, *started])
             notify(f"STATUS=running {labels}; {self.store.run_counts().get(RunStatus.QUEUED, 0)} more queued")
         return len(chosen)
 
